@@ -1,0 +1,1 @@
+"""quorumkv.sim: deterministic simulation of whole clusters in one process."""
