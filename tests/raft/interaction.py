@@ -7,10 +7,12 @@ persisted to a ``MemDisk`` (synced at once unless ``nosync``) and applied to a l
 Commands (arguments in brackets are optional):
 
     add-nodes N [voters=(1,2,3)] [learners=(4)] [prevote=true] [checkquorum=true]
-              [lease=false] [inflight=256] [maxbytes=1048576]
+              [lease=false] [inflight=256] [maxbytes=1048576] [election=10] [heartbeat=1]
         create nodes 1..N (or more, numbered on); founders get the voters/learners
         configuration, the rest start empty and must be added by a conf change
     campaign ID                      start an election on ID
+    elect ID                         campaign ID and stabilize quietly (election.txt
+                                     shows the messages); prints raft-state
     tick-election ID [n=1]           tick ID n election timeouts (2 * election_tick)
     tick-heartbeat ID [n=1]          tick ID n heartbeat intervals
     tick ID [n=1]                    tick ID n times
@@ -21,15 +23,24 @@ Commands (arguments in brackets are optional):
     compact ID INDEX                 snapshot ID's state machine at INDEX, compact the log
     process-ready ID...              take, print, persist and apply each node's Ready
     deliver-msgs [ID...] [drop=(IDS)]   deliver queued messages (to ID...), dropping those to drop
-    stabilize [ID...]                process and deliver until quiet
+    stabilize [ID...] [quiet]        process and deliver until nothing is left to do;
+                                     quiet: print only raft-state (for setup steps)
+    nosync ID                        stop fsyncing ID's writes (a driver breaking the
+                                     contract, or a disk that lies about fsync)
     crash ID                         lose ID's unsynced writes and its memory
     restart ID                       restart ID from its disk
-    partition (1,2) (3)              drop messages between groups until heal
+    partition 1,2 3                  drop messages between the sides until heal
     heal
-    status ID                        ID's role, term, lead, commit, applied, progress
+    status ID                        ID's role, term, lead, commit, applied, progress,
+                                     and a leader transfer in progress
     raft-log ID                      ID's log
     raft-state                       one line per node
     applied ID                       the entries ID's state machine applied
+    inject ID type=APP from=1 to=2 [group=1] [term=0] [logterm=0] [index=0] [commit=0]
+           [reject=false] [hint=0] [entries=(2/3, 2/4)] [snap=2/5] [snapvoters=(1,2,3)]
+           [ctx=abc]
+        step a hand-built message into ID (``to`` may name another node); prints the
+        error it raised, and whether ID's state changed
 """
 
 from __future__ import annotations
@@ -43,11 +54,14 @@ from quorumkv.raft import (
     Change,
     ChangeType,
     ConfChange,
-    ConfState,
     Config,
+    ConfState,
+    Entry,
     EntryType,
+    GroupId,
     Index,
     Message,
+    MessageType,
     NodeId,
     RaftState,
     RawNode,
@@ -74,8 +88,13 @@ class Node:
     raw: RawNode
     disk: MemDisk
     rng: random.Random
-    applied: list[str] = field(default_factory=list)
+    applied: list[tuple[int, str]] = field(default_factory=list)
+    """(index, data) of each non-empty normal entry the state machine applied."""
     sync: bool = True
+
+    def restore_applied(self, snap: Snapshot) -> None:
+        idx = snap.meta.index
+        self.applied = [(idx, s) for s in snap.data.decode().split(",") if s]
 
 
 class Env:
@@ -83,6 +102,7 @@ class Env:
         self.nodes: dict[int, Node] = {}
         self.mailbox: list[Message] = []
         self.partition: list[set[int]] = []
+        self.crashed: dict[int, Node] = {}
 
     # -- helpers --------------------------------------------------------------------
 
@@ -128,12 +148,12 @@ class Env:
                 max_inflight_msgs=c.int_arg("inflight", 256),
                 max_size_per_msg=c.int_arg("maxbytes", 1 << 20),
                 read_only=ReadOnlyOption.LEASE_BASED if lease else ReadOnlyOption.SAFE,
+                election_tick=c.int_arg("election", 10),
+                heartbeat_tick=c.int_arg("heartbeat", 1),
             )
             if nid in voters or nid in learners:
                 meta = SnapshotMeta(Index(1), Term(1), ConfState(voters, learners))
-                state = RaftState(
-                    HardState(Term(1), commit=Index(1)), Snapshot(meta), (), Index(1)
-                )
+                state = RaftState(HardState(Term(1), commit=Index(1)), Snapshot(meta), (), Index(1))
             else:
                 state = RaftState()
             self._start(nid, cfg, MemDisk(state), state)
@@ -142,6 +162,11 @@ class Env:
     def cmd_campaign(self, c: TestCase) -> str:
         self._node(c).raw.campaign()
         return ""
+
+    def cmd_elect(self, c: TestCase) -> str:
+        self._node(c).raw.campaign()
+        self.cmd_stabilize(TestCase(c.pos, "stabilize", [], "", ""))
+        return self.cmd_raft_state(c)
 
     def _tick(self, c: TestCase, per: int) -> str:
         node = self._node(c)
@@ -192,7 +217,7 @@ class Env:
     def cmd_compact(self, c: TestCase) -> str:
         node = self._node(c)
         index = Index(int(c.args[1].key))
-        data = ",".join(node.applied[: index - 1]).encode()
+        data = ",".join(d for i, d in node.applied if i <= index).encode()
         snap = node.raw.compact(index, data)
         node.disk.save_snapshot(snap)
         return ""
@@ -208,10 +233,10 @@ class Env:
         for m in rd.messages:
             self.mailbox.append(m)
         if rd.snapshot is not None:
-            node.applied = [s for s in rd.snapshot.data.decode().split(",") if s]
+            node.restore_applied(rd.snapshot)
         for e in rd.committed:
             if e.type is EntryType.NORMAL and e.data:
-                node.applied.append(e.data.decode())
+                node.applied.append((e.index, e.data.decode()))
         node.raw.advance(rd)
         body = describe_ready(rd)
         return f"> {nid} handling Ready\n" + "\n".join("  " + ln for ln in body.splitlines())
@@ -249,7 +274,7 @@ class Env:
             if delivered:
                 step.append("> delivering messages\n" + delivered)
             if not step:
-                return "\n".join(out)
+                return self.cmd_raft_state(c) if c.has("quiet") else "\n".join(out)
             out.extend(step)
         raise AssertionError(f"{c.pos}: stabilize did not settle")
 
@@ -257,17 +282,16 @@ class Env:
         node = self._node(c)
         lost = node.disk.crash()
         del self.nodes[int(c.args[0].key)]
-        self._crashed = getattr(self, "_crashed", {})
-        self._crashed[int(c.args[0].key)] = node
+        self.crashed[int(c.args[0].key)] = node
         return f"lost {lost} unsynced writes"
 
     def cmd_restart(self, c: TestCase) -> str:
         nid = int(c.args[0].key)
-        old = self._crashed.pop(nid)
+        old = self.crashed.pop(nid)
         state = old.disk.load()
         node = self._start(nid, old.cfg, old.disk, state)
         if state.snapshot is not None:
-            node.applied = [s for s in state.snapshot.data.decode().split(",") if s]
+            node.restore_applied(state.snapshot)
         return self.cmd_raft_state(c)
 
     def cmd_nosync(self, c: TestCase) -> str:
@@ -275,8 +299,7 @@ class Env:
         return ""
 
     def cmd_partition(self, c: TestCase) -> str:
-        groups = [a.vals for a in c.args]
-        self.partition = [{int(v) for v in g} for g in groups]
+        self.partition = [{int(v) for v in a.key.split(",")} for a in c.args]
         return ""
 
     def cmd_heal(self, c: TestCase) -> str:
@@ -290,6 +313,8 @@ class Env:
             f"applied={st.applied} last={st.last_index}",
             "conf " + describe_conf_state(st.conf),
         ]
+        if st.lead_transferee:
+            lines.append(f"transferring leadership to {st.lead_transferee}")
         lines += [f"{n}: {p}" for n, p in st.progress.items()]
         return "\n".join(lines)
 
@@ -308,4 +333,52 @@ class Env:
         return "\n".join(lines)
 
     def cmd_applied(self, c: TestCase) -> str:
-        return " ".join(self._node(c).applied) or "(nothing)"
+        return " ".join(d for _, d in self._node(c).applied) or "(nothing)"
+
+    def cmd_inject(self, c: TestCase) -> str:
+        node = self._node(c)
+        m = _build_message(c)
+        raw = node.raw
+        before = (raw.status(), raw.has_ready(), tuple(raw.raft.log.entries))
+        out = [describe_message(m)]
+        try:
+            raw.step(m)
+        except Exception as exc:
+            out.append(f"error: {type(exc).__name__}: {exc}")
+        after = (raw.status(), raw.has_ready(), tuple(raw.raft.log.entries))
+        out.append("state unchanged" if before == after else "state changed")
+        return "\n".join(out)
+
+
+def _build_message(c: TestCase) -> Message:
+    """The message an ``inject`` command describes (see the module docstring)."""
+
+    def num(key: str) -> int:
+        return c.int_arg(key, 0)
+
+    entries = []
+    arg = c.arg("entries")
+    for spec in arg.vals if arg is not None else []:
+        term, index = spec.split("/")
+        entries.append(Entry(Term(int(term)), Index(int(index)), EntryType.NORMAL, b""))
+    snap = None
+    if c.has("snap"):
+        term, index = (c.str_arg("snap") or "").split("/")
+        voters = c.int_list("snapvoters") if c.has("snapvoters") else [1, 2, 3]
+        conf = ConfState(voters=frozenset(NodeId(n) for n in voters))
+        snap = Snapshot(SnapshotMeta(Index(int(index)), Term(int(term)), conf))
+    return Message(
+        MessageType[c.str_arg("type") or ""],
+        GroupId(c.int_arg("group", 1)),
+        NodeId(num("from")),
+        NodeId(num("to")),
+        term=Term(num("term")),
+        log_term=Term(num("logterm")),
+        index=Index(num("index")),
+        entries=tuple(entries),
+        commit=Index(num("commit")),
+        reject=c.str_arg("reject", "false") == "true",
+        reject_hint=Index(num("hint")),
+        snapshot=snap,
+        context=(c.str_arg("ctx") or "").encode(),
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from datadriven import files, run_file
 from interaction import Env
+
+from datadriven import files, run_file
 
 TESTDATA = Path(__file__).parent / "testdata"
 

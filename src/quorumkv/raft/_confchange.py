@@ -84,7 +84,7 @@ def decode_conf_change(data: bytes) -> ConfChange:
         doc = json.loads(data)
         changes = tuple(Change(ChangeType(t), NodeId(int(n))) for t, n in doc["changes"])
         return ConfChange(changes=changes, auto_leave=bool(doc["auto_leave"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise ConfChangeError(f"malformed conf change entry: {exc}") from exc
 
 

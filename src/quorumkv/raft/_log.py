@@ -111,6 +111,8 @@ class RaftLog:
         Used by a follower to hint where the leader should probe next, and by the leader
         to jump over a whole term of mismatched entries (thesis 3.5, fast back-off)."""
         index = min(index, self.last_index())
+        if index < self.offset:
+            return Index(index), Term(0)  # compacted: we cannot say, so claim nothing
         while index > self.offset:
             t = self.entries[index - self.offset - 1].term
             if t <= term:

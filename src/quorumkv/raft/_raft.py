@@ -256,8 +256,20 @@ class Raft:
     # -- elections ------------------------------------------------------------------
 
     def campaign(self, transfer: bool = False) -> None:
-        """Start an election: a pre-vote first unless configured off or transferring."""
-        if not self.promotable():
+        """Start an election: a pre-vote first unless configured off or transferring.
+
+        A leader ignores it. So does a node with a committed but unapplied conf change:
+        configurations take effect when applied, so it would count votes by an outdated
+        configuration (after a restart, the one in its snapshot) and could win with a
+        minority of the real one, next to another leader of the same term."""
+        if self.role is Role.LEADER or not self.promotable():
+            return
+        if self._has_unapplied_conf_change():
+            self.logger.warning(
+                "%d cannot campaign in term %d: a committed conf change is not applied yet",
+                self.id,
+                self.term,
+            )
             return
         if self.cfg.pre_vote and not transfer:
             self._campaign(MessageType.PRE_VOTE, b"")
@@ -288,6 +300,11 @@ class Raft:
                         context=ctx,
                     )
                 )
+
+    def _has_unapplied_conf_change(self) -> bool:
+        log = self.log
+        pending = log.slice(log.applied + 1, log.committed + 1) or ()
+        return any(e.type is EntryType.CONF_CHANGE for e in pending)
 
     def _poll(self, node: NodeId, granted: bool) -> VoteResult:
         self.trk.record_vote(node, granted)
@@ -461,11 +478,10 @@ class Raft:
             # We already hold the snapshot's last entry, so everything before it too.
             self.log.commit_to(meta.index)
             return False
-        if self.id not in meta.conf.all_nodes():
-            # A snapshot from a configuration we are not in would leave us with a
-            # configuration that does not name us; ignore it (etcd does the same).
-            self.logger.warning("%d ignores a snapshot that does not include it", self.id)
-            return False
+        # The snapshot's configuration need not name us: a node added after it was taken
+        # (say, to a group whose leader still holds its bootstrap snapshot) installs it
+        # like any other and joins when it applies the change that adds it, which is in
+        # the log after the snapshot. Until then it is not promotable.
         self.log.restore(snap)
         self.trk.apply_conf(meta.conf, self.log.last_index() + 1)
         return True
@@ -515,8 +531,17 @@ class Raft:
 
     def _handle_append_ack(self, m: Message) -> None:
         pr = self.trk.progress[m.frm]
+        if m.index > self.log.last_index():
+            self.logger.warning(
+                "%d ignores ack of %d beyond its log from %d", self.id, m.index, m.frm
+            )
+            return
         was_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
+            if pr.state is ProgressState.PROBE and pr.match == m.index:
+                # The probe found the logs already match where we thought: stream now.
+                pr.become_replicate()
+                self._send_append(m.frm, send_if_empty=False)
             return
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()
@@ -803,6 +828,11 @@ def validate_message(m: Message, group: GroupId, me: NodeId) -> None:
     """Raise MessageRejected unless ``m`` is a well-formed message for this node."""
     if not isinstance(m, Message) or not isinstance(m.type, MessageType):
         raise MessageRejected(f"not a raft message: {m!r:.200}")
+    ints = (m.group, m.frm, m.to, m.term, m.log_term, m.index, m.commit, m.reject_hint)
+    if any(type(v) is not int for v in ints) or type(m.reject) is not bool:
+        raise MessageRejected(f"{m.type.name}: a numeric field has the wrong type")
+    if not isinstance(m.entries, tuple) or not isinstance(m.context, bytes):
+        raise MessageRejected(f"{m.type.name}: entries or context has the wrong type")
     if m.group != group:
         raise MessageRejected(f"message for group {m.group} reached group {group}")
     if m.to != me:
@@ -813,6 +843,10 @@ def validate_message(m: Message, group: GroupId, me: NodeId) -> None:
         raise MessageRejected(f"negative field in {m.type.name} from {m.frm}")
     if (m.snapshot is not None) != (m.type in _REQUIRED_SNAPSHOT):
         raise MessageRejected(f"{m.type.name} from {m.frm}: snapshot present iff SNAP")
+    if m.snapshot is not None:
+        meta = m.snapshot.meta
+        if meta.index <= 0 or not 0 < meta.term <= m.term or not meta.conf.voters:
+            raise MessageRejected(f"SNAP from {m.frm}: malformed snapshot metadata")
     if m.entries and m.type is not MessageType.APP:
         raise MessageRejected(f"{m.type.name} from {m.frm} carries entries")
     expect = m.index + 1

@@ -20,6 +20,7 @@ It owns no thread and does no I/O; one RawNode must be used from one thread at a
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from quorumkv.errors import RaftUsageError
@@ -57,14 +58,15 @@ class RaftState:
     """The state machine's applied index; at least the snapshot's index."""
 
 
-def bootstrap_state(voters: frozenset[NodeId] | set[NodeId], data: bytes = b"") -> RaftState:
+def bootstrap_state(voters: Iterable[int], data: bytes = b"") -> RaftState:
     """The starting state of every founding member of a new group: a snapshot at index 1
     holding the initial configuration (and the empty state machine ``data``). A node
     joining later starts from ``RaftState()`` and receives that snapshot, or a newer
     one, from the leader, so it learns the configuration the same way."""
-    if not voters or any(v <= 0 for v in voters):
+    ids = frozenset(NodeId(v) for v in voters)
+    if not ids or any(v <= 0 for v in ids):
         raise ValueError("a group needs at least one voter with a positive id")
-    meta = SnapshotMeta(Index(1), Term(1), ConfState(voters=frozenset(voters)))
+    meta = SnapshotMeta(Index(1), Term(1), ConfState(voters=ids))
     return RaftState(HardState(Term(1), NONE, Index(1)), Snapshot(meta, data), (), Index(1))
 
 
@@ -247,6 +249,10 @@ class RawNode:
             log.stable = Index(max(log.stable, persisted))
         if persisted or rd.snapshot is not None:
             r.on_persisted(log.stable)
+        if log.pending_snapshot is not None:
+            # A snapshot arrived after this Ready was taken and replaced the log: what
+            # this Ready applied is covered by it, and its configuration already rules.
+            return
         for e in rd.committed:
             self._apply_entry(e)
         if applied:

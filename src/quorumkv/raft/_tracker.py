@@ -187,6 +187,9 @@ class ProgressTracker:
             pr = self.progress.get(node)
             if pr is None:
                 pr = Progress(next_index, self.max_inflight, node in learners)
+                # A new member counts as active until the next check-quorum round, so
+                # adding one cannot make the leader step down for not hearing it yet.
+                pr.recent_active = True
                 self.progress[node] = pr
             pr.is_learner = node in learners and node not in self.config.voters()
 

@@ -26,7 +26,9 @@ which it must have taken effect. It is linearizable iff some total order of the 
    the state at its linearization point equals ``expected``), so the first +infinity
    return reached means all still-pending ops can be appended: linearizable. Placing an
    op last is indistinguishable from it never taking effect. An unknown GET constrains
-   nothing and is dropped.
+   nothing and is dropped. The cost: an unknown op stays pending to the end, so proving a
+   key *not* linearizable can take time exponential in its unknown ops (ok histories are
+   found fast). A key that runs out of budget is reported with ``timed_out=True``.
 5. Register states are interned to small ints (0 = absent, then each value written to the
    key), so the model compares ints and a memo key is the single int
    ``bitset << shift | state``.
@@ -110,6 +112,8 @@ def _problem(op: Operation) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """The verdict on a history; ``explanation`` is meant for a human reading a test failure."""
+
     ok: bool
     key: bytes | None  # first key found non-linearizable
     explanation: str  # "" when ok; otherwise the key, its ops and the longest linearizable prefix

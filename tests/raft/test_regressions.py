@@ -1,0 +1,109 @@
+"""Regression tests for bugs found in the Raft core; each names what went wrong."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from quorumkv.errors import ConfChangeError, MessageRejected
+from quorumkv.raft import (
+    Change,
+    ChangeType,
+    ConfChange,
+    Config,
+    ConfState,
+    Entry,
+    EntryType,
+    GroupId,
+    Index,
+    Message,
+    MessageType,
+    NodeId,
+    RawNode,
+    Snapshot,
+    SnapshotMeta,
+    Term,
+    bootstrap_state,
+)
+from quorumkv.raft._confchange import decode_conf_change, encode_conf_change
+from quorumkv.raft._log import RaftLog
+
+
+def test_snapshot_between_ready_and_advance_wins_over_stale_conf_change() -> None:
+    # A conf change handed out for applying, then a snapshot installed before advance:
+    # the stale change must not be applied on top of the snapshot's configuration.
+    node = RawNode(Config(id=NodeId(2)), bootstrap_state({1, 2, 3}), random.Random(2))
+    cc = encode_conf_change(
+        ConfChange((Change(ChangeType.ADD_LEARNER, NodeId(4)),), auto_leave=False)
+    )
+    entry = Entry(Term(2), Index(2), EntryType.CONF_CHANGE, cc)
+    node.step(
+        Message(
+            MessageType.APP,
+            GroupId(1),
+            NodeId(1),
+            NodeId(2),
+            Term(2),
+            Term(1),
+            Index(1),
+            (entry,),
+            commit=Index(2),
+        )
+    )
+    rd1 = node.ready()
+    assert [e.index for e in rd1.committed] == [2]
+    voters = frozenset({NodeId(1), NodeId(2), NodeId(3)})
+    snap = Snapshot(SnapshotMeta(Index(5), Term(2), ConfState(voters=voters)), b"sm")
+    node.step(Message(MessageType.SNAP, GroupId(1), NodeId(1), NodeId(2), Term(2), snapshot=snap))
+    node.advance(rd1)
+    node.advance(node.ready())
+    st = node.status()
+    assert st.conf == ConfState(voters=voters)
+    assert st.applied == 5
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"changes":[["add-voter",Infinity]],"auto_leave":true}',
+        b'{"changes":[["add-voter",1e999]],"auto_leave":true}',
+        b"[" * 100_000,
+    ],
+)
+def test_decode_conf_change_raises_only_conf_change_error(data: bytes) -> None:
+    with pytest.raises(ConfChangeError):
+        decode_conf_change(data)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("frm", None),
+        ("frm", "2"),
+        ("term", None),
+        ("index", "3"),
+        ("reject_hint", None),
+        ("entries", None),
+        ("reject", 1),
+        ("context", "x"),
+    ],
+)
+def test_wrongly_typed_fields_are_rejected_not_crashing(field: str, value: object) -> None:
+    node = RawNode(Config(id=NodeId(1)), bootstrap_state({1, 2, 3}), random.Random(1))
+    fields: dict[str, object] = {
+        "type": MessageType.HEARTBEAT,
+        "group": GroupId(1),
+        "frm": NodeId(2),
+        "to": NodeId(1),
+        "term": Term(1),
+    }
+    fields[field] = value
+    with pytest.raises(MessageRejected):
+        node.step(Message(**fields))  # type: ignore[arg-type]
+
+
+def test_find_conflict_below_compaction_claims_nothing() -> None:
+    meta = SnapshotMeta(Index(3), Term(2), ConfState(voters=frozenset({NodeId(1)})))
+    log = RaftLog(Snapshot(meta), (Entry(Term(3), Index(4)),))
+    assert log.find_conflict_by_term(1, 5) == (1, 0)
