@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from quorumkv.sim import FAULT_KINDS, SimResult, replay_command, run_many, run_seed
+from quorumkv.sim import FAULT_KINDS, SimResult, run_many, run_seed
 
 
 def _sim_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -30,6 +30,20 @@ def _sim_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"qkv sim: unknown fault kinds {sorted(unknown)}; know {FAULT_KINDS}")
         out["faults"] = kinds
     return out
+
+
+def replay_command(seed: int, overrides: dict[str, Any]) -> str:
+    """The ``qkv sim`` command line that replays ``seed`` under the same overrides."""
+    flags = [f"qkv sim --seed {seed} --trace"]
+    if "nodes" in overrides:
+        flags.append(f"--nodes {overrides['nodes']}")
+    if "duration_us" in overrides:
+        flags.append(f"--duration-ms {overrides['duration_us'] // 1000}")
+    if overrides.get("lease_reads"):
+        flags.append("--lease-reads")
+    if "faults" in overrides:
+        flags.append(f"--faults {','.join(overrides['faults'])}")
+    return " ".join(flags)
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ def describe_message(m: Message) -> str:
         out += f" index={m.index}"
     if t in (MessageType.APP, MessageType.HEARTBEAT):
         out += f" commit={m.commit}"
+    if t in (MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP) and m.index:
+        out += f" tick={m.index}"  # the leader's tick when sent: the lease's clock
     if m.reject:
         out += " rejected"
         if t is MessageType.APP_RESP:

@@ -82,10 +82,18 @@ class ReadOnlyOption(enum.Enum):
     SAFE = "safe"
     """Confirm leadership by a heartbeat round for every batch of reads."""
     LEASE_BASED = "lease"
-    """Trust that no other leader can exist while a quorum answered within an election
-    timeout. Safe only if clocks drift by less than the gap between the election
-    timeout and the lease (here: one election timeout of ticks, which the driver must
-    deliver at a steady rate); a paused or slow-ticking leader can serve stale reads."""
+    """Serve reads without a heartbeat round while the leader holds a lease (thesis
+    6.4.1). Every heartbeat carries the leader's tick count when it was sent; a follower
+    that receives it will not vote for anyone else for an election timeout, so once a
+    quorum has acknowledged a heartbeat sent at tick T no other leader can be elected
+    before T + election_tick. The lease lasts ``election_tick - 2`` ticks from T, the two
+    ticks absorbing tick granularity. Outside a lease, reads fall back to ReadIndex.
+
+    The assumption: every node's ticks run at the same rate, to within those two ticks
+    per election timeout. A leader process that is paused, or whose ticks are delayed,
+    while its followers' clocks run on can serve a stale read; use SAFE where that
+    cannot be ruled out. A leader that has started a leadership transfer never trusts
+    its lease again in that term, since the transfer's election ignores stickiness."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,9 @@ class Raft:
         self.randomized_election_timeout = cfg.election_tick
         self.lead_transferee = NONE
         self.pending_conf_index = Index(0)
+        self.leader_ticks = 0
+        """Ticks since this node became leader: the clock of its lease."""
+        self.lease_broken = False
         self._step: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
         self.become_follower(self.term, NONE)
@@ -166,6 +177,7 @@ class Raft:
             pr.match = Index(0)
             pr.next = Index(last + 1)
             pr.recent_active = False
+            pr.lease_tick = 0
             if node == self.id:
                 pr.match = self.log.stable
                 pr.recent_active = True
@@ -205,6 +217,8 @@ class Raft:
         self.role = Role.LEADER
         self._step = self._step_leader
         self._tick = self._tick_heartbeat
+        self.leader_ticks = 1  # 0 stands for "no heartbeat acknowledged"
+        self.lease_broken = False
         self_pr = self.trk.progress[self.id]
         self_pr.become_replicate()
         self_pr.match = self.log.stable
@@ -234,6 +248,7 @@ class Raft:
             self.campaign()
 
     def _tick_heartbeat(self) -> None:
+        self.leader_ticks += 1
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
         if self.election_elapsed >= self.cfg.election_tick:
@@ -455,6 +470,7 @@ class Raft:
                 self.id,
                 m.frm,
                 term=self.term,
+                index=m.index,
                 context=m.context,
             )
         )
@@ -508,6 +524,7 @@ class Raft:
         elif t is MessageType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            pr.lease_tick = max(pr.lease_tick, m.index)
             if pr.state is ProgressState.REPLICATE and pr.inflights.full():
                 # Appends that filled the window may all have been lost: make room for
                 # one, so replication can recover without waiting for a reset.
@@ -630,11 +647,13 @@ class Raft:
                         node,
                         term=self.term,
                         commit=Index(min(pr.match, self.log.committed)),
+                        index=Index(self.leader_ticks),  # when sent, for the lease
                         context=ctx,
                     )
                 )
 
     def _send_timeout_now(self, to: NodeId) -> None:
+        self.lease_broken = True  # its election may ignore our followers' stickiness
         self._send(Message(MessageType.TIMEOUT_NOW, self.group, self.id, to, term=self.term))
 
     def _append(self, entries: list[Entry]) -> None:
@@ -696,14 +715,19 @@ class Raft:
             # We do not know the commit index of our term yet (6.4, step 1): hold it.
             self.pending_reads.append((requester, ctx))
             return
-        if (
-            self.trk.config.has_quorum({self.id})
-            or self.cfg.read_only is ReadOnlyOption.LEASE_BASED
-        ):
+        if self.trk.config.has_quorum({self.id}) or self._holds_lease():
             self._answer_read(ReadRequest(0, self.log.committed, requester, ctx))
         else:
             req = self.read_only.add(self.log.committed, requester, ctx)
             self._bcast_heartbeat(ReadOnly.encode_seq(req.seq))
+
+    def _holds_lease(self) -> bool:
+        if self.cfg.read_only is not ReadOnlyOption.LEASE_BASED or self.lease_broken:
+            return False
+        sent = {n: Index(p.lease_tick) for n, p in self.trk.progress.items()}
+        sent[self.id] = Index(self.leader_ticks)
+        start = self.trk.config.committed(sent)  # a quorum heard us at or after this tick
+        return start > 0 and self.leader_ticks - start < self.cfg.election_tick - 2
 
     def _handle_read_ack(self, node: NodeId, seq: int) -> None:
         acks = self.read_only.recv_ack(node, seq)

@@ -72,6 +72,7 @@ class Progress:
     __slots__ = (
         "inflights",
         "is_learner",
+        "lease_tick",
         "match",
         "next",
         "pending_snapshot",
@@ -87,6 +88,8 @@ class Progress:
         self.probe_sent = False
         self.pending_snapshot = Index(0)
         self.recent_active = False
+        self.lease_tick = 0
+        """Leader tick at which the newest heartbeat this member acknowledged was sent."""
         self.is_learner = is_learner
         self.inflights = Inflights(max_inflight)
 

@@ -8,7 +8,7 @@ history is checked for linearizability at the end. ``qkv sim`` is its command li
 """
 
 from ._cluster import FAULT_KINDS, Cluster, SimConfig, SimResult
-from ._runner import Summary, replay_command, run_many, run_seed
+from ._runner import Summary, run_many, run_seed
 
 __all__ = [
     "FAULT_KINDS",
@@ -16,7 +16,6 @@ __all__ = [
     "SimConfig",
     "SimResult",
     "Summary",
-    "replay_command",
     "run_many",
     "run_seed",
 ]

@@ -11,10 +11,15 @@ a global record to compare each observation against:
   term, or the same entry after different predecessors, logs have diverged. (By
   induction on the index this is the whole Log Matching property.)
 * State machine safety and "a committed entry is never lost": ``committed`` maps an
-  index to the entry first applied there; every later apply at that index, on any node,
+  index to the entry first known committed there, from the moment any node persists a
+  commit index covering it; every later commit or apply at that index, on any node,
   must be the same entry.
-* Leader completeness: a node that becomes leader must hold every committed entry past
-  its snapshot.
+* Leader completeness: a node that becomes leader of term T must hold every entry past
+  its snapshot that was committed in a term before T. The commit term recorded is the
+  observing node's term when it persisted the commit index, which is never below the
+  true one, so the check never accuses a leader wrongly. (A leader of an *older* term,
+  say a candidate paused mid-election that wins once resumed, owes nothing to entries
+  committed after its term; the first version of this checker said otherwise.)
 
 A violation raises ``SimulationError`` at once, naming the property, the node and the
 index, so the trace ends where things went wrong. It never changes the cluster.
@@ -34,6 +39,8 @@ class SafetyChecker:
         self.leaders: dict[int, int] = {}
         self.entries: dict[tuple[int, int], tuple[_Content, int]] = {}
         self.committed: dict[int, Entry] = {}
+        self.commit_term: dict[int, int] = {}
+        self._commit_seen: dict[int, int] = {}
         self.checks = 0
 
     def fail(self, prop: str, detail: str) -> None:
@@ -45,7 +52,7 @@ class SafetyChecker:
         if other != node:
             self.fail("election safety", f"nodes {other} and {node} both led term {term}")
         for index, entry in self.committed.items():
-            if index <= log.offset:
+            if index <= log.offset or self.commit_term[index] >= term:
                 continue
             if log.term(index) != entry.term:
                 have = log.term(index)
@@ -55,8 +62,9 @@ class SafetyChecker:
                     f"{describe_entry(entry)} (its log has term {have} at {index})",
                 )
 
-    def observe_ready(self, node: int, rd: Ready, log: RaftLog) -> None:
-        """Call right after ``ready()``, before anything else changes the log."""
+    def observe_ready(self, node: int, rd: Ready, log: RaftLog, term: int) -> None:
+        """Call right after ``ready()``, before anything else changes the log; ``term``
+        is the node's current term."""
         entries = self.entries
         for e in rd.entries:
             self.checks += 1
@@ -72,13 +80,27 @@ class SafetyChecker:
                     f"node {node} holds {describe_entry(e)} after term {prev}; another "
                     f"node held a different entry or predecessor (term {seen[1]}) there",
                 )
-        committed = self.committed
+        if rd.hard_state is not None:
+            # Everything up to a commit index about to be persisted is committed.
+            start = max(self._commit_seen.get(node, 0), log.offset) + 1
+            ents = log.slice(start, rd.hard_state.commit + 1) or []
+            for e in ents:
+                self._record_commit(node, e, "commits", rd.hard_state.term)
+            self._commit_seen[node] = max(self._commit_seen.get(node, 0), rd.hard_state.commit)
         for e in rd.committed:
-            self.checks += 1
-            first = committed.setdefault(e.index, e)
-            if first != e:
-                self.fail(
-                    "state machine safety",
-                    f"node {node} applies {describe_entry(e)} at {e.index}, but "
-                    f"{describe_entry(first)} was applied there before",
-                )
+            self._record_commit(node, e, "applies", term)
+
+    def _record_commit(self, node: int, e: Entry, verb: str, term: int) -> None:
+        self.checks += 1
+        self.commit_term[e.index] = min(self.commit_term.get(e.index, term), term)
+        first = self.committed.setdefault(e.index, e)
+        if first != e:
+            self.fail(
+                "state machine safety",
+                f"node {node} {verb} {describe_entry(e)} at {e.index}, but "
+                f"{describe_entry(first)} was committed there before",
+            )
+
+    def forget_node_commit(self, node: int) -> None:
+        """A restarted node reloads its commit index from disk; start over for it."""
+        self._commit_seen.pop(node, None)

@@ -39,6 +39,7 @@ from typing import Any
 
 from quorumkv.errors import ProposalDropped, SimulationError
 from quorumkv.raft import (
+    NONE,
     Change,
     ChangeType,
     ConfChange,
@@ -94,11 +95,21 @@ class SimConfig:
     fsync_us: tuple[int, int] = (100, 1_000)
     fault_gap_us: tuple[int, int] = (50_000, 400_000)
     fault_len_us: tuple[int, int] = (50_000, 800_000)
+    restart_us: tuple[int, int] = (50_000, 800_000)
+    """How long a crashed node stays down; short ones model a supervisor restart."""
+    crash_points: float = 0.0
+    """Chance to crash a node at an interesting point: right after it persisted and
+    sent a vote; right after it became leader and persisted its first entry, before
+    sending it (leaving a tail no one else has); a fifth as often, a leader that
+    persisted a new commit index before telling anyone; a tenth as often, a leader
+    right after it applied new commits."""
     faults: tuple[str, ...] = FAULT_KINDS
     compact_every: int = 40
     lease_reads: bool = False
     attempt_timeout_us: int = 300_000
     op_deadline_us: int = 2_000_000
+    max_size_per_msg: int = 0
+    """Bytes of entries per append; 0 lets each node draw one (1 means one entry)."""
     forget_vote: bool = False
     """Planted bug: nodes persist their hard state without the vote."""
 
@@ -114,6 +125,12 @@ class SimConfig:
             "clients": rng.randint(3, 6),
             "keys": rng.randint(1, 4),
             "compact_every": rng.choice((10, 25, 60, 1_000_000)),
+            # Some seeds are storms of faults, some restart crashed nodes at once: the
+            # rare interleavings (a vote lost in a crash mid-election, an old-term entry
+            # acknowledged alone) need both.
+            "fault_gap_us": rng.choice(((50_000, 400_000), (10_000, 80_000))),
+            "restart_us": rng.choice(((50_000, 800_000), (1_000, 30_000))),
+            "crash_points": rng.choice((0.0, 0.0, 0.1, 0.3)),
         }
         base.update(overrides)
         return SimConfig(**base)
@@ -234,6 +251,9 @@ class Cluster:
         except SimulationError as exc:
             violation = str(exc)
             self.log(f"VIOLATION: {violation}")
+        except AssertionError as exc:
+            violation = f"internal invariant broken: {exc}"
+            self.log(f"VIOLATION: {violation}")
         lin = None
         if violation is None:
             for c in self.clients:
@@ -262,7 +282,7 @@ class Cluster:
             election_tick=cfg.election_tick,
             heartbeat_tick=cfg.heartbeat_tick,
             max_inflight_msgs=self.rng.choice((2, 16, 256)),
-            max_size_per_msg=self.rng.choice((200, 4096, 1 << 20)),
+            max_size_per_msg=cfg.max_size_per_msg or self.rng.choice((1, 200, 4096, 1 << 20)),
             read_only=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
         )
         state = disk.load()
@@ -333,7 +353,7 @@ class Cluster:
         if not self._run_on(node, self._take_ready, nid, incarnation):
             return
         rd = node.raw.ready()
-        self.checker.observe_ready(nid, rd, node.raw.raft.log)
+        self.checker.observe_ready(nid, rd, node.raw.raft.log, node.raw.raft.term)
         node.disk.write_ready(rd)
         node.io_busy = True
         delay = self.rng.randint(*self.cfg.fsync_us) if rd.must_sync else 0
@@ -346,6 +366,9 @@ class Cluster:
         if not self._run_on(node, self._io_done, nid, incarnation, rd):
             return
         node.disk.sync()
+        if self._at_crash_point(node, rd, before_send=True):
+            self._crash(node)  # its entries are on its disk and nowhere else
+            return
         for m in rd.messages:
             delays = self.net.route(m.frm, m.to)
             for delay in delays:
@@ -368,9 +391,28 @@ class Cluster:
                 node.waiting_reads.append((rs.index, req))
         node.raw.advance(rd)
         node.io_busy = False
+        if self._at_crash_point(node, rd, before_send=False):
+            self._crash(node)
+            return
         self._serve_reads(node)
         self._maybe_compact(node)
         self._after_input(node)
+
+    def _at_crash_point(self, node: SimNode, rd: Ready, before_send: bool) -> bool:
+        p = self.cfg.crash_points
+        if not p or not self.faults_on:
+            return False
+        if before_send:
+            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
+                return self.rng.random() < p
+            if rd.hard_state is not None and node.raw.raft.role is Role.LEADER:
+                return self.rng.random() < p / 5  # commit advanced: on disk, not told
+            return False
+        if rd.hard_state is not None and rd.hard_state.vote not in (NONE, node.id):
+            return self.rng.random() < p
+        if rd.committed and node.raw.raft.role is Role.LEADER:
+            return self.rng.random() < p / 10
+        return False
 
     def _serve_reads(self, node: SimNode) -> None:
         if not node.waiting_reads:
@@ -433,7 +475,12 @@ class Cluster:
         req = Request(
             c.op.client, c.op.seq, c.attempt, c.op.kind, c.op.key, c.op.value, c.op.expected
         )
-        self.at(self.rng.randint(100, 1_000), self._node_request, c.target, req)
+        target = c.target
+        if req.kind is OpKind.GET and c.attempt == 1 and self.rng.random() < 0.5:
+            # Spread reads over every node, as a load-balancing client would: followers
+            # serve them through ReadIndex, and a deposed leader is asked too.
+            target = self.rng.randint(1, len(self.nodes))
+        self.at(self.rng.randint(100, 1_000), self._node_request, target, req)
         self.at(self.cfg.attempt_timeout_us, self._client_timeout, c, c.seq, c.attempt)
 
     def _client_timeout(self, c: ClientState, seq: int, attempt: int) -> None:
@@ -535,16 +582,22 @@ class Cluster:
         getattr(self, "_fault_" + kind.replace("-", "_"))(length)
         self.at(self.rng.randint(*cfg.fault_gap_us), self._next_fault)
 
-    def _crash(self, node: SimNode, length: int) -> None:
+    def _crash(self, node: SimNode) -> None:
         if not node.alive:
             return
-        if node.raw.raft.role is Role.LEADER and self.net.healthy():
+        # Time-to-new-leader is sampled only for a leader crash alone: a healthy network
+        # and every other node up. Any other crash during the wait spoils the sample.
+        others_up = all(n.alive and not n.paused for n in self.nodes.values() if n is not node)
+        if node.raw.raft.role is Role.LEADER and self.net.healthy() and others_up:
             self._leader_crash = (self.now, node.raw.raft.term)
+        else:
+            self._leader_crash = None
         lost = node.disk.crash()
         node.alive = False
         node.paused = False
         node.deferred.clear()
         node.incarnation += 1
+        length = self.rng.randint(*self.cfg.restart_us)
         self.log(f"FAULT crash n{node.id} (lost {lost} unsynced writes) for {length // 1000}ms")
         self.at(length, self._restart, node.id)
 
@@ -554,22 +607,24 @@ class Cluster:
             return
         node = self._make_node(nid, old.disk)
         node.incarnation = old.incarnation + 1
+        self.checker.forget_node_commit(nid)
         self.nodes[nid] = node
         self.log(f"restart n{nid} at term {node.raw.raft.term}, applied {node.sm.applied}")
         self.at(self.rng.randint(0, self.cfg.tick_us), self._tick, nid, node.incarnation)
 
     def _fault_crash(self, length: int) -> None:
-        self._crash(self.nodes[self.rng.choice(self._members())], length)
+        self._crash(self.nodes[self.rng.choice(self._members())])
 
     def _fault_crash_leader(self, length: int) -> None:
         leader = self._leader()
         if leader is not None:
-            self._crash(leader, length)
+            self._crash(leader)
 
     def _fault_pause(self, length: int) -> None:
         node = self._leader() if self.rng.random() < 0.5 else None
         node = node or self.nodes[self.rng.choice(self._members())]
         if node.alive and not node.paused:
+            self._leader_crash = None
             node.paused = True
             self.log(f"FAULT pause n{node.id} for {length // 1000}ms")
             self.at(length, self._resume, node.id, node.incarnation)

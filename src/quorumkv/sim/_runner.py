@@ -2,7 +2,7 @@
 
 Each seed is independent and deterministic, so seeds are spread over worker processes
 and their results gathered in any order; the summary is the same whatever the number of
-workers. A failing seed is reported with the one command that replays it with a trace.
+workers.
 The summary line has a fixed form that tests and CI read::
 
     seeds: N, steps: N, faults: N, violations: N
@@ -21,11 +21,6 @@ from ._cluster import Cluster, SimConfig, SimResult
 
 def run_seed(seed: int, trace: bool = False, **overrides: Any) -> SimResult:
     return Cluster(SimConfig.for_seed(seed, **overrides), trace=trace).run()
-
-
-def replay_command(seed: int, overrides: dict[str, Any]) -> str:
-    flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(overrides.items()))
-    return f"qkv sim --seed {seed} --trace{flags}"
 
 
 @dataclass
