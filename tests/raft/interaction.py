@@ -69,12 +69,12 @@ from quorumkv.raft import (
     Snapshot,
     SnapshotMeta,
     Term,
+    bootstrap_state,
     describe_conf_state,
     describe_entries,
     describe_message,
     describe_ready,
 )
-from quorumkv.raft._types import HardState
 from quorumkv.sim._disk import MemDisk
 
 _QUIET = logging.getLogger("quorumkv.test.raft")
@@ -152,8 +152,7 @@ class Env:
                 heartbeat_tick=c.int_arg("heartbeat", 1),
             )
             if nid in voters or nid in learners:
-                meta = SnapshotMeta(Index(1), Term(1), ConfState(voters, learners))
-                state = RaftState(HardState(Term(1), commit=Index(1)), Snapshot(meta), (), Index(1))
+                state = bootstrap_state(voters, learners=learners)
             else:
                 state = RaftState()
             self._start(nid, cfg, MemDisk(state), state)

@@ -58,15 +58,20 @@ class RaftState:
     """The state machine's applied index; at least the snapshot's index."""
 
 
-def bootstrap_state(voters: Iterable[int], data: bytes = b"") -> RaftState:
+def bootstrap_state(
+    voters: Iterable[int], data: bytes = b"", learners: Iterable[int] = ()
+) -> RaftState:
     """The starting state of every founding member of a new group: a snapshot at index 1
     holding the initial configuration (and the empty state machine ``data``). A node
     joining later starts from ``RaftState()`` and receives that snapshot, or a newer
     one, from the leader, so it learns the configuration the same way."""
     ids = frozenset(NodeId(v) for v in voters)
-    if not ids or any(v <= 0 for v in ids):
-        raise ValueError("a group needs at least one voter with a positive id")
-    meta = SnapshotMeta(Index(1), Term(1), ConfState(voters=ids))
+    learner_ids = frozenset(NodeId(v) for v in learners)
+    if not ids or any(v <= 0 for v in ids | learner_ids):
+        raise ValueError("a group needs at least one voter with a positive id, and no id <= 0")
+    if ids & learner_ids:
+        raise ValueError(f"nodes {sorted(ids & learner_ids)} cannot be voter and learner")
+    meta = SnapshotMeta(Index(1), Term(1), ConfState(voters=ids, learners=learner_ids))
     return RaftState(HardState(Term(1), NONE, Index(1)), Snapshot(meta, data), (), Index(1))
 
 
