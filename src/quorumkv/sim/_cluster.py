@@ -8,7 +8,8 @@ microseconds) and then by insertion order, and every random choice comes from on
 
 * a node's clock ticks every ``tick_us``, each node with its own phase;
 * a message from the network arrives;
-* a node's disk finishes a write: the node's Ready was written to its ``MemDisk`` when
+* a node's disk finishes a write: the node's Ready was written to its disk (the real
+  WAL over an in-memory file system, ``StorageDisk``) when
   taken, and only when the simulated fsync completes are its messages sent, its
   committed entries applied and ``advance`` called (the contract in ``quorumkv.raft``).
   A crash before then loses those writes;
@@ -57,7 +58,7 @@ from quorumkv.raft import (
 )
 
 from ._checks import SafetyChecker
-from ._disk import MemDisk
+from ._disk import StorageDisk
 from ._kv import Command, KVStateMachine
 from ._linearizability import CheckResult, Operation, OpKind, check_history
 from ._network import Network, NetworkProfile
@@ -65,6 +66,8 @@ from ._network import Network, NetworkProfile
 _SILENT = logging.getLogger("quorumkv.sim.raft")
 _SILENT.addHandler(logging.NullHandler())
 _SILENT.propagate = False
+# Recovery's warnings (a torn tail cut at restart) are expected here, by the thousand.
+logging.getLogger("quorumkv.storage").setLevel(logging.ERROR)
 
 FAULT_KINDS = (
     "crash",
@@ -151,7 +154,7 @@ class Request:
 class SimNode:
     id: int
     cfg: Config
-    disk: MemDisk
+    disk: StorageDisk
     raw: RawNode
     sm: KVStateMachine
     incarnation: int = 0
@@ -214,7 +217,10 @@ class Cluster:
         self.nodes: dict[int, SimNode] = {}
         for nid in range(1, cfg.nodes + cfg.spares + 1):
             state = bootstrap_state(voters) if nid in voters else RaftState()
-            self.nodes[nid] = self._make_node(nid, MemDisk(state, forget_vote=cfg.forget_vote))
+            disk = StorageDisk(
+                state, random.Random(self.rng.getrandbits(64)), forget_vote=cfg.forget_vote
+            )
+            self.nodes[nid] = self._make_node(nid, disk)
         self.clients = [
             ClientState(c, target=self.rng.randint(1, cfg.nodes)) for c in range(1, cfg.clients + 1)
         ]
@@ -275,7 +281,7 @@ class Cluster:
 
     # -- nodes -----------------------------------------------------------------------
 
-    def _make_node(self, nid: int, disk: MemDisk) -> SimNode:
+    def _make_node(self, nid: int, disk: StorageDisk) -> SimNode:
         cfg = self.cfg
         rcfg = Config(
             id=NodeId(nid),

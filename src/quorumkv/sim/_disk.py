@@ -1,4 +1,4 @@
-"""An in-memory disk for one node's Raft state, that knows written from fsynced.
+"""The simulator's disks: a model one (``MemDisk``) and the real storage (``StorageDisk``).
 
 Theory of operation
 -------------------
@@ -11,14 +11,20 @@ The planted-bug switch ``forget_vote`` writes every hard state with no vote, the
 bug that lets a node vote twice in one term after a restart; tests use it to show that
 the simulator's checks catch it. It is off unless a test turns it on.
 
+``MemDisk`` is the executable specification: the scenario scripts use it, and the
+storage tests check ``quorumkv.storage`` against it. The simulator runs ``StorageDisk``,
+the real WAL and snapshot store over an in-memory file system that loses unsynced bytes.
+
 This module never applies entries to a state machine; it only stores Raft's state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 
-from quorumkv.raft import NONE, Entry, HardState, Index, RaftState, Ready, Snapshot
+from quorumkv.raft import NONE, Entry, GroupId, HardState, Index, RaftState, Ready, Snapshot
+from quorumkv.storage import MemFileSystem, NodeStorage
 
 
 @dataclass(slots=True)
@@ -89,3 +95,63 @@ class MemDisk:
         d = self.durable
         applied = d.snapshot.meta.index if d.snapshot else Index(0)
         return RaftState(d.hard_state, d.snapshot, tuple(d.entries), applied)
+
+
+_GROUP = GroupId(1)
+
+
+class StorageDisk:
+    """The same interface as ``MemDisk``, backed by the real ``quorumkv.storage``: a
+    ``NodeStorage`` (WAL and snapshot store) over a crash-injecting ``MemFileSystem``.
+
+    Writes are flushed to the in-memory files when taken and fsynced by ``sync``; a crash
+    keeps the synced bytes and, drawn from ``rng``, may keep a torn prefix of the rest,
+    as a real disk may. Every restart reopens the storage, so simulated crashes run the
+    real recovery code: replaying segments, cutting torn tails, picking the snapshot.
+    """
+
+    def __init__(
+        self, initial: RaftState, rng: random.Random, *, forget_vote: bool = False
+    ) -> None:
+        self.fs = MemFileSystem()
+        self.rng = rng
+        self.forget_vote = forget_vote
+        self.storage: NodeStorage | None = NodeStorage(self.fs, "/node")
+        if initial != RaftState():
+            self.storage.bootstrap(_GROUP, initial)
+        self.unsynced = 0
+        self.syncs = 0
+
+    def _open(self) -> NodeStorage:
+        if self.storage is None:
+            self.storage = NodeStorage(self.fs, "/node")  # recovery runs here
+        return self.storage
+
+    def write_ready(self, rd: Ready) -> None:
+        if self.forget_vote and rd.hard_state is not None:
+            hs = rd.hard_state
+            rd = replace(rd, hard_state=HardState(hs.term, NONE, hs.commit))
+        storage = self._open()
+        storage.write_ready(_GROUP, rd)
+        storage.flush()
+        self.unsynced += 1
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        self._open().save_snapshot(_GROUP, snap)
+        self.unsynced = 0
+
+    def sync(self) -> None:
+        self._open().sync()
+        self.unsynced = 0
+        self.syncs += 1
+
+    def crash(self) -> int:
+        """Lose (most of) what was not synced; returns how many writes were at risk."""
+        at_risk = self.unsynced
+        self.fs.crash(self.rng)
+        self.storage = None
+        self.unsynced = 0
+        return at_risk
+
+    def load(self) -> RaftState:
+        return self._open().load(_GROUP)
