@@ -1,0 +1,126 @@
+"""What survives: restart, a crash in the middle of a batch, snapshots taken while
+writes go on, damaged snapshots, and a full engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from kvharness import Harness
+
+from quorumkv.kv import (
+    ALL_KEYS,
+    Command,
+    MVCCStore,
+    PutRequest,
+    RangeRequest,
+    SnapshotError,
+    StoreFullError,
+    encode_command,
+    snapshot_index,
+)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def everything(revision: int = 0) -> RangeRequest:
+    return RangeRequest(b"\x00", ALL_KEYS, revision=revision)
+
+
+def test_restart_keeps_applied_index_with_data(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "kv", sync=True)
+    h.apply(*(PutRequest(b"k%d" % i, b"v") for i in range(10)))
+    before = h.store.range(everything())
+    h.reopen()
+    assert h.store.applied_index() == 10 and h.store.revision() == 11
+    assert h.store.range(everything()) == before
+    h.close()
+
+
+CRASH = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {src!r})
+    from quorumkv.kv import Command, MVCCStore, PutRequest, encode_command
+    import quorumkv.kv._exec as ex
+
+    store = MVCCStore({path!r}, map_size=1 << 30)
+    def e(i):
+        return i, encode_command(Command(0, 0, PutRequest(b"k%d" % i, b"v")))
+    store.apply([e(i) for i in range(1, 6)])
+    real, calls = ex.Executor._write, [0]
+    def dying_write(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            os._exit(0)  # the process dies mid-batch: no commit, no abort
+        real(self, *args, **kwargs)
+    ex.Executor._write = dying_write
+    store.apply([e(i) for i in range(6, 11)])
+    raise SystemExit("should have died")
+    """
+)
+
+
+def test_crash_mid_batch_leaves_nothing_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "kv"
+    script = CRASH.format(src=str(SRC), path=str(path))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    with MVCCStore(path, map_size=1 << 30) as store:
+        assert store.applied_index() == 5 and store.revision() == 6
+        assert [kv.key for kv in store.range(everything()).kvs] == [b"k%d" % i for i in range(1, 6)]
+
+
+def test_snapshot_is_consistent_while_writes_continue(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "a")
+    h.apply(*(PutRequest(b"k%03d" % i, b"x" * 3000) for i in range(800)))  # several chunks
+    h.apply(PutRequest(b"k001", b"new"))
+    chunks = h.store.snapshot()
+    first = next(chunks)
+    assert snapshot_index(first) == 801
+    later = [h.entry(PutRequest(b"k%03d" % i, b"later")) for i in range(0, 800, 7)]
+    h.store.apply(later)  # the snapshot's read transaction does not block this
+    state_at_snapshot = h.store.range(everything(revision=802))
+    restored = MVCCStore.restore(tmp_path / "b", [first, *chunks], map_size=1 << 30)
+    assert restored.applied_index() == 801 and restored.revision() == 802
+    assert restored.range(everything()).kvs == state_at_snapshot.kvs
+    assert restored.get(b"k001", revision=3) is not None  # history came along too
+    restored.apply(later)  # the follower then replays the log after the snapshot
+    assert restored.range(everything()) == h.store.range(everything())
+    assert restored.stats() | {"used_bytes": 0} == h.store.stats() | {"used_bytes": 0}
+    restored.close()
+    h.close()
+
+
+def test_damaged_snapshot_is_refused_and_target_kept(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "a")
+    h.apply(*(PutRequest(b"k%d" % i, b"v") for i in range(50)))
+    chunks = list(h.store.snapshot())
+    h.close()
+    target = Harness(tmp_path / "b")
+    target.apply(PutRequest(b"mine", b"1"))
+    target.close()
+    damaged = [*chunks[:1], chunks[1][:-1] + bytes([chunks[1][-1] ^ 1]), *chunks[2:]]
+    for bad, why in [(damaged, "damaged"), (chunks[:-1], "ended early"), ([], "empty")]:
+        with pytest.raises(SnapshotError, match=why):
+            MVCCStore.restore(tmp_path / "b", bad, map_size=1 << 30)
+    with MVCCStore(tmp_path / "b", map_size=1 << 30) as kept:
+        assert kept.get(b"mine") is not None and kept.applied_index() == 1
+    assert not (tmp_path / "b.restoring").exists()
+
+
+def test_full_map_rolls_back_the_batch(tmp_path: Path) -> None:
+    store = MVCCStore(tmp_path / "kv", map_size=4 << 20, sync=False)
+    big = b"v" * (512 * 1024)
+    ok = [(i, encode_command(Command(0, 0, PutRequest(b"k%d" % i, big)))) for i in (1, 2)]
+    store.apply(ok)
+    too_much = [
+        (i, encode_command(Command(0, 0, PutRequest(b"k%d" % i, big)))) for i in range(3, 20)
+    ]
+    with pytest.raises(StoreFullError, match="map is full"):
+        store.apply(too_much)
+    assert store.applied_index() == 2 and store.revision() == 3
+    assert store.range(RangeRequest(b"k", ALL_KEYS, count_only=True)).count == 2
+    store.close()
