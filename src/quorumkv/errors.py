@@ -8,6 +8,17 @@
     │   ├── ConfChangeError        a membership change that cannot apply
     │   ├── MessageRejected        a peer sent a message that is malformed or not ours
     │   └── RaftUsageError         the driver broke the core's contract (a bug)
+    ├── StorageError               the WAL or snapshot store cannot go on
+    │   ├── CorruptWALError        damaged records before valid ones: names file, offset
+    │   └── CorruptSnapshotError   a snapshot file fails its checksum: names the file
+    ├── KVError                    the state machine refused a request
+    │   ├── KVLimitError           a key, value, request or txn over a documented limit
+    │   ├── MalformedRequestError  a request or log command that does not decode
+    │   ├── DuplicateKeyError      a txn that writes one key twice
+    │   ├── CompactedError         a read at a revision already compacted away
+    │   ├── FutureRevisionError    a read at a revision not yet reached
+    │   ├── StoreFullError         the engine's map is full; the batch rolled back
+    │   └── SnapshotError          a state machine snapshot that cannot be restored
     └── SimulationError            the simulator found a violated invariant
 
 Each says when it is raised and whether retrying can help. Broken *internal* invariants
@@ -59,3 +70,108 @@ class RaftUsageError(RaftError):
 class SimulationError(QuorumKVError):
     """Raised by the simulator when a safety invariant is violated; its message names
     the invariant, the seed and the command that replays it."""
+
+
+class StorageError(QuorumKVError):
+    """Raised when the node's storage cannot do what was asked: an fsync or write failed
+    (after which the WAL refuses further writes, since what reached the disk is unknown),
+    or the caller broke the storage contract. Retrying the same call cannot help; the node
+    must stop and restart, which recovers from what is durable."""
+
+
+class CorruptWALError(StorageError):
+    """Raised at start when a WAL record fails its checksum (or cannot be framed) and valid
+    records follow it, or it sits in a segment that is not the last. That is damage to
+    data that was once fsynced, not a torn write: the node must not start, or it could
+    silently forget committed entries. The message names the file and the byte offset.
+    Retrying cannot help; an operator must repair the disk or rebuild the replica."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"corrupt WAL record in {path} at byte offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class CorruptSnapshotError(StorageError):
+    """Raised when a snapshot file fails its checksum, is truncated, or is missing although
+    the WAL names it. The message names the file. Retrying cannot help; the replica must
+    get a fresh snapshot from its group's leader."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"corrupt snapshot {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class KVError(QuorumKVError):
+    """The key-value state machine refused a request."""
+
+
+class KVLimitError(KVError):
+    """Raised when building or decoding a request that breaks a limit of
+    ``quorumkv.kv.Limits`` (key size, value size, request size, operations per
+    transaction). The message names the limit and by how much it was exceeded.
+    Retrying the same request cannot help; split it or shrink it.
+    """
+
+    def __init__(self, limit: str, allowed: int, actual: int, unit: str = "bytes") -> None:
+        super().__init__(
+            f"{limit} is {actual} {unit}, over the limit of {allowed} {unit} "
+            f"by {actual - allowed} {unit}"
+        )
+        self.limit = limit
+        self.allowed = allowed
+        self.actual = actual
+        self.unit = unit
+
+
+class MalformedRequestError(KVError):
+    """Raised when a request is not well formed (an empty key, a wrong type, an unknown
+    operation) or a log command cannot be decoded. Retrying cannot help."""
+
+
+class DuplicateKeyError(KVError):
+    """Raised when a transaction could write one key twice on one path: two puts of the
+    same key, or a put of a key that a delete-range of the same txn covers. etcd rejects
+    these with "duplicate key given in txn request"; so do we. Retrying cannot help."""
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(f"duplicate key given in txn request: {key!r}")
+        self.key = key
+
+
+class CompactedError(KVError):
+    """Raised when a read (or a compaction) asks for a revision at or below which
+    history has been compacted away. Retrying at a newer revision helps; the same
+    request will always fail."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(
+            f"required revision {requested} has been compacted (compacted revision {compacted})"
+        )
+        self.requested = requested
+        self.compacted = compacted
+
+
+class FutureRevisionError(KVError):
+    """Raised when a read (or a compaction) names a revision newer than the current one
+    on this replica. Retrying later can help once this replica has caught up."""
+
+    def __init__(self, requested: int, current: int) -> None:
+        super().__init__(
+            f"required revision {requested} is a future revision (current revision {current})"
+        )
+        self.requested = requested
+        self.current = current
+
+
+class StoreFullError(KVError):
+    """Raised by ``apply`` when the LMDB map (``map_size``) is full. The whole batch was
+    rolled back and the applied index did not move. Retrying helps only after reopening
+    the store with a larger ``map_size`` (or compacting)."""
+
+
+class SnapshotError(KVError):
+    """Raised by ``restore`` when the chunks are damaged, out of order, incomplete or of
+    an unknown format. Nothing was installed. Retrying with a fresh snapshot helps."""
