@@ -300,12 +300,12 @@ class Cluster:
     def _live(self, node: SimNode, incarnation: int) -> bool:
         return node.alive and node.incarnation == incarnation
 
-    def _run_on(self, node: SimNode, fn: Callable[..., None], *args: Any) -> bool:
-        """Whether ``node`` can take an input now; a paused node keeps it for later."""
+    def _defer_if_paused(self, node: SimNode, fn: Callable[..., None], *args: Any) -> bool:
+        """A paused node keeps its inputs for when it resumes; True if this one waits."""
         if node.paused:
             node.deferred.append((fn, args))
-            return False
-        return True
+            return True
+        return False
 
     def _tick(self, nid: int, incarnation: int) -> None:
         node = self.nodes[nid]
@@ -323,7 +323,7 @@ class Cluster:
             if m.type is MessageType.SNAP:
                 self._report_snapshot(m.frm, m.to, False)
             return
-        if not self._run_on(node, self._deliver, m):
+        if self._defer_if_paused(node, self._deliver, m):
             return
         if self.tracing:
             self.log(f"recv {describe_message(m)}")
@@ -356,7 +356,7 @@ class Cluster:
         node.ready_scheduled = False
         if not self._live(node, incarnation) or node.io_busy:
             return
-        if not self._run_on(node, self._take_ready, nid, incarnation):
+        if self._defer_if_paused(node, self._take_ready, nid, incarnation):
             return
         rd = node.raw.ready()
         self.checker.observe_ready(nid, rd, node.raw.raft.log, node.raw.raft.term)
@@ -369,7 +369,7 @@ class Cluster:
         node = self.nodes[nid]
         if not self._live(node, incarnation):
             return
-        if not self._run_on(node, self._io_done, nid, incarnation, rd):
+        if self._defer_if_paused(node, self._io_done, nid, incarnation, rd):
             return
         node.disk.sync()
         if self._at_crash_point(node, rd, before_send=True):
@@ -547,7 +547,7 @@ class Cluster:
         node = self.nodes[nid]
         if not node.alive:
             return  # the client times out
-        if not self._run_on(node, self._node_request, nid, req):
+        if self._defer_if_paused(node, self._node_request, nid, req):
             return
         raw = node.raw
         try:
