@@ -65,6 +65,7 @@ from ._types import (
     ReadState,
     Role,
     Snapshot,
+    SnapshotMeta,
     Term,
 )
 
@@ -93,7 +94,9 @@ class ReadOnlyOption(enum.Enum):
     per election timeout. A leader process that is paused, or whose ticks are delayed,
     while its followers' clocks run on can serve a stale read; use SAFE where that
     cannot be ruled out. A leader that has started a leadership transfer never trusts
-    its lease again in that term, since the transfer's election ignores stickiness."""
+    its lease again in that term, since the transfer's election ignores stickiness. A
+    follower that restarts keeps the promise too: it refuses votes for an election
+    timeout after its start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,13 @@ class Raft:
         self.leader_ticks = 0
         """Ticks since this node became leader: the clock of its lease."""
         self.lease_broken = False
+        self.restart_quiet = 0
+        """Ticks left during which a restarted node refuses votes as if it had just heard
+        from a leader: before the restart it may have acknowledged a heartbeat that a
+        leader's lease counts on, and forgot it. No leader exists in term 1 (the
+        bootstrap term) or 0, so a node that never left them promised nothing."""
+        if cfg.read_only is ReadOnlyOption.LEASE_BASED and hard_state.term > 1:
+            self.restart_quiet = cfg.election_tick
         self._step: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
         self.become_follower(self.term, NONE)
@@ -236,6 +246,8 @@ class Raft:
     # -- ticks ----------------------------------------------------------------------
 
     def tick(self) -> None:
+        if self.restart_quiet > 0:
+            self.restart_quiet -= 1
         self._tick()
 
     def _past_election_timeout(self) -> bool:
@@ -318,7 +330,9 @@ class Raft:
 
     def _has_unapplied_conf_change(self) -> bool:
         log = self.log
-        pending = log.slice(log.applied + 1, log.committed + 1) or ()
+        # After a snapshot is restored and before its Ready is advanced, applied lags
+        # the offset; the snapshot's configuration already rules up to the offset.
+        pending = log.slice(max(log.applied, log.offset) + 1, log.committed + 1) or ()
         return any(e.type is EntryType.CONF_CHANGE for e in pending)
 
     def _poll(self, node: NodeId, granted: bool) -> VoteResult:
@@ -339,7 +353,7 @@ class Raft:
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER
-                in_lease = (
+                in_lease = self.restart_quiet > 0 or (
                     self.cfg.check_quorum
                     and self.lead != NONE
                     and self.election_elapsed < self.cfg.election_tick
@@ -524,7 +538,8 @@ class Raft:
         elif t is MessageType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
-            pr.lease_tick = max(pr.lease_tick, m.index)
+            # Honest followers echo our tick; never let a reply extend the lease past now.
+            pr.lease_tick = max(pr.lease_tick, min(m.index, self.leader_ticks))
             if pr.state is ProgressState.REPLICATE and pr.inflights.full():
                 # Appends that filled the window may all have been lost: make room for
                 # one, so replication can recover without waiting for a reset.
@@ -736,6 +751,15 @@ class Raft:
         for req in self.read_only.advance(seq):
             self._answer_read(req)
 
+    def _release_confirmed_reads(self) -> None:
+        confirmed = None
+        for seq in self.read_only.queue:
+            if self.trk.config.has_quorum(self.read_only.pending[seq].acks | {self.id}):
+                confirmed = seq
+        if confirmed is not None:
+            for req in self.read_only.advance(confirmed):
+                self._answer_read(req)
+
     def _answer_read(self, req: ReadRequest) -> None:
         if req.requester == self.id:
             self.read_states.append(ReadState(req.index, req.context))
@@ -833,6 +857,9 @@ class Raft:
             return
         if self.lead_transferee != NONE and self.lead_transferee not in self.trk.voters():
             self.lead_transferee = NONE
+        # Acks already received may be a quorum of the new configuration; shrunk to the
+        # leader alone, no ack will ever come again.
+        self._release_confirmed_reads()
         # The new quorum may commit more; new members need their first append.
         if self._maybe_commit():
             self._bcast_append()
@@ -868,6 +895,8 @@ def validate_message(m: Message, group: GroupId, me: NodeId) -> None:
     if (m.snapshot is not None) != (m.type in _REQUIRED_SNAPSHOT):
         raise MessageRejected(f"{m.type.name} from {m.frm}: snapshot present iff SNAP")
     if m.snapshot is not None:
+        if not _well_typed_snapshot(m.snapshot):
+            raise MessageRejected(f"SNAP from {m.frm}: snapshot has the wrong type")
         meta = m.snapshot.meta
         if meta.index <= 0 or not 0 < meta.term <= m.term or not meta.conf.voters:
             raise MessageRejected(f"SNAP from {m.frm}: malformed snapshot metadata")
@@ -875,10 +904,34 @@ def validate_message(m: Message, group: GroupId, me: NodeId) -> None:
         raise MessageRejected(f"{m.type.name} from {m.frm} carries entries")
     expect = m.index + 1
     for e in m.entries:
-        if not isinstance(e, Entry) or e.index != expect or e.term > m.term or e.term <= 0:
+        if (
+            not isinstance(e, Entry)
+            or type(e.index) is not int
+            or type(e.term) is not int
+            or not isinstance(e.type, EntryType)
+            or not isinstance(e.data, bytes)
+            or e.index != expect
+            or e.term > m.term
+            or e.term <= 0
+        ):
             raise MessageRejected(f"APP from {m.frm}: bad entry at position {expect - m.index}")
         expect += 1
     if m.entries and m.entries[0].term < m.log_term:
         raise MessageRejected(f"APP from {m.frm}: entry term below previous term")
     if m.type in RESPONSE_TYPES and m.entries:
         raise MessageRejected(f"{m.type.name} from {m.frm} carries entries")
+
+
+def _well_typed_snapshot(snap: object) -> bool:
+    if not isinstance(snap, Snapshot) or not isinstance(snap.data, bytes):
+        return False
+    meta = snap.meta
+    if not isinstance(meta, SnapshotMeta) or type(meta.index) is not int:
+        return False
+    cs = meta.conf
+    if type(meta.term) is not int or not isinstance(cs, ConfState):
+        return False
+    sets = (cs.voters, cs.learners, cs.voters_outgoing, cs.learners_next)
+    return type(cs.auto_leave) is bool and all(
+        isinstance(ids, frozenset) and all(type(n) is int and n > 0 for n in ids) for ids in sets
+    )
