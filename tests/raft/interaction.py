@@ -45,7 +45,6 @@ Commands (arguments in brackets are optional):
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass, field
 
@@ -76,10 +75,6 @@ from quorumkv.raft import (
     describe_ready,
 )
 from quorumkv.sim._disk import MemDisk
-
-_QUIET = logging.getLogger("quorumkv.test.raft")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 @dataclass
@@ -121,7 +116,7 @@ class Env:
 
     def _start(self, nid: int, cfg: Config, disk: MemDisk, state: RaftState) -> Node:
         rng = random.Random(nid)
-        node = Node(cfg, RawNode(cfg, state, rng, _QUIET), disk, rng)
+        node = Node(cfg, RawNode(cfg, state, rng), disk, rng)
         self.nodes[nid] = node
         return node
 

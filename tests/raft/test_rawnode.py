@@ -8,7 +8,6 @@ commits only after the Ready holding it was advanced.
 
 from __future__ import annotations
 
-import logging
 import random
 
 import pytest
@@ -40,15 +39,11 @@ from quorumkv.raft import (
 )
 from quorumkv.raft._confchange import encode_conf_change
 
-QUIET = logging.getLogger("quorumkv.test.rawnode")
-QUIET.addHandler(logging.NullHandler())
-QUIET.propagate = False
-
 N1, N2, N3 = NodeId(1), NodeId(2), NodeId(3)
 
 
 def new_node(state: RaftState, id_: NodeId = N1) -> RawNode:
-    return RawNode(Config(id=id_), state, random.Random(int(id_)), QUIET)
+    return RawNode(Config(id=id_), state, random.Random(int(id_)))
 
 
 def cycle(node: RawNode) -> Ready:

@@ -10,7 +10,6 @@ and commit never go back, one vote per term).
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from typing import Any, cast
@@ -44,10 +43,6 @@ from quorumkv.raft import (
 )
 from quorumkv.raft._confchange import encode_conf_change
 
-QUIET = logging.getLogger("quorumkv.test.validation")
-QUIET.addHandler(logging.NullHandler())
-QUIET.propagate = False
-
 GROUP = GroupId(7)
 ME = NodeId(1)
 VOTERS = frozenset({NodeId(1), NodeId(2), NodeId(3)})
@@ -58,7 +53,7 @@ class Cluster:
 
     def __init__(self) -> None:
         self.nodes = {
-            n: RawNode(Config(id=n, group=GROUP), bootstrap_state(VOTERS), random.Random(n), QUIET)
+            n: RawNode(Config(id=n, group=GROUP), bootstrap_state(VOTERS), random.Random(n))
             for n in sorted(VOTERS)
         }
         self.mailbox: list[Message] = []

@@ -32,7 +32,6 @@ Nothing here reads the wall clock or the global random generator.
 from __future__ import annotations
 
 import heapq
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,12 +61,6 @@ from ._disk import StorageDisk
 from ._kv import Command, KVStateMachine
 from ._linearizability import CheckResult, Operation, OpKind, check_history
 from ._network import Network, NetworkProfile
-
-_SILENT = logging.getLogger("quorumkv.sim.raft")
-_SILENT.addHandler(logging.NullHandler())
-_SILENT.propagate = False
-# Recovery's warnings (a torn tail cut at restart) are expected here, by the thousand.
-logging.getLogger("quorumkv.storage").setLevel(logging.ERROR)
 
 FAULT_KINDS = (
     "crash",
@@ -292,7 +285,7 @@ class Cluster:
             read_only=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
         )
         state = disk.load()
-        raw = RawNode(rcfg, state, random.Random(self.rng.getrandbits(64)), _SILENT)
+        raw = RawNode(rcfg, state, random.Random(self.rng.getrandbits(64)))
         snap = state.snapshot
         sm = KVStateMachine.restore(snap.data, snap.meta.index) if snap else KVStateMachine()
         return SimNode(nid, rcfg, disk, raw, sm)
