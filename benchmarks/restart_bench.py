@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from quorumkv.kv import Command, MVCCStore, PutRequest, encode_command
-from quorumkv.raft import (
+from quorumkv.consensus import (
     ConfState,
     Entry,
     GroupId,

@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-from quorumkv.raft import Entry, GroupId, HardState, Index, Ready, Term
+from quorumkv.consensus import Entry, GroupId, HardState, Index, Ready, Term
 from quorumkv.storage import WAL, OSFileSystem
 
 

@@ -19,6 +19,15 @@
     │   ├── FutureRevisionError    a read at a revision not yet reached
     │   ├── StoreFullError         the engine's map is full; the batch rolled back
     │   └── SnapshotError          a state machine snapshot that cannot be restored
+    ├── ClientError                a request through the client did not succeed
+    │   ├── ProtocolError          the endpoint is not a quorumkv node we can speak to
+    │   ├── NotLeaderError         no node accepted the request as leader, after retries
+    │   ├── UnavailableError       no node reachable, or no leader elected, after retries
+    │   ├── RequestTimeoutError    no answer in time: the request MAY have been applied
+    │   ├── TooManyRequestsError   the leader is overloaded and refused new work
+    │   ├── CompareFailedError     a compare-and-swap found a different value
+    │   └── MembershipError        a membership change was refused
+    ├── ServerError                a node cannot start or go on (bad config, data dir)
     └── SimulationError            the simulator found a violated invariant
 
 Each says when it is raised and whether retrying can help. Broken *internal* invariants
@@ -65,6 +74,62 @@ class MessageRejected(RaftError):
 class RaftUsageError(RaftError):
     """Raised when the driver breaks the core's contract, such as asking for a new
     Ready before advancing the last one. A bug in the caller; retrying cannot help."""
+
+
+class ClientError(QuorumKVError):
+    """A request made through ``quorumkv.Client`` or ``quorumkv.aio.Client`` did not
+    succeed. Errors of the state machine itself (limits, compaction) are ``KVError``s."""
+
+
+class ProtocolError(ClientError):
+    """The endpoint refused the handshake or does not speak quorumkv's protocol (wrong
+    port, wrong version, another cluster). Retrying cannot help."""
+
+
+class NotLeaderError(ClientError):
+    """Every attempt reached a node that was not the leader, and the redirects did not
+    lead to one before the deadline. Retrying later can help (an election may be on)."""
+
+    def __init__(self, message: str, leader: int = 0) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class UnavailableError(ClientError):
+    """No endpoint could be reached, or the reachable ones have no leader (lost quorum),
+    until the deadline. Nothing was applied by the attempts that got this answer, but an
+    earlier attempt of the same request may have been; retrying with the same client is
+    safe (writes are exactly-once within a client)."""
+
+
+class RequestTimeoutError(ClientError):
+    """No answer before the deadline. The outcome is unknown: a write may have been
+    applied. Retrying through the same client keeps it exactly-once."""
+
+
+class TooManyRequestsError(ClientError):
+    """The leader's queue of unapplied proposals is full (backpressure); nothing was
+    applied. Retrying after a pause can help."""
+
+
+class CompareFailedError(ClientError):
+    """``compare_and_swap`` found a value other than the expected one; nothing changed.
+    ``actual`` is the value found (None if the key does not exist)."""
+
+    def __init__(self, key: bytes, actual: bytes | None) -> None:
+        super().__init__(f"compare failed on key {key!r}: found {actual!r}")
+        self.key = key
+        self.actual = actual
+
+
+class MembershipError(ClientError):
+    """A membership change was refused: unknown node, a change already in progress, or
+    one that would remove the last voter. The message says which."""
+
+
+class ServerError(QuorumKVError):
+    """A node cannot start or go on: a bad configuration, a data directory that belongs
+    to another cluster or node, an address in use. The message says what to change."""
 
 
 class SimulationError(QuorumKVError):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from quorumkv.raft import _raft
+from quorumkv.consensus import _raft
 from quorumkv.sim import SimResult
 from quorumkv.sim._runner import iter_results
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quorumkv.raft import (
+from quorumkv.consensus import (
     ConfState,
     Entry,
     GroupId,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from storage_helpers import ents, hs, ready, snap
 
-from quorumkv.raft import GroupId, RaftState
+from quorumkv.consensus import GroupId, RaftState
 from quorumkv.sim._disk import MemDisk
 from quorumkv.storage import MemFileSystem, NodeStorage
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import G1, G2, ents, hs, ready
 
-from quorumkv.raft import RaftState
+from quorumkv.consensus import RaftState
 from quorumkv.storage import WAL, CorruptWALError, MemFileSystem, OSFileSystem
 
 

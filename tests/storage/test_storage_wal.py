@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import G1, G2, G3, ents, hs, ready, snap
 
-from quorumkv.raft import GroupId, Index, RaftState
+from quorumkv.consensus import GroupId, Index, RaftState
 from quorumkv.storage import WAL, FileSystem, MemFileSystem, OSFileSystem, StorageError
 
 Opener = Callable[..., WAL]

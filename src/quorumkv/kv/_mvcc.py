@@ -129,6 +129,11 @@ class MVCCStore:
         out["used_bytes"] = int((info["last_pgno"] + 1) * stat["psize"])
         return out
 
+    def sync(self) -> None:
+        """Make every applied batch durable. A store opened with ``sync=False`` (its
+        log is the durable record) calls this before the log under it is dropped."""
+        self._env.sync(True)
+
     def close(self) -> None:
         self._env.close()
 

@@ -2,7 +2,7 @@
 
 One seed decides every event: clock ticks, message delays, drops and duplicates,
 partitions, crashes that lose un-fsynced writes, pauses, membership changes, leader
-transfers, and the operations of the clients. The real ``quorumkv.raft`` core runs
+transfers, and the operations of the clients. The real ``quorumkv.consensus`` core runs
 unchanged under it; Raft's safety properties are checked at every step and the clients'
 history is checked for linearizability at the end. ``qkv sim`` is its command line.
 """

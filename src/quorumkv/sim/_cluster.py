@@ -11,7 +11,7 @@ microseconds) and then by insertion order, and every random choice comes from on
 * a node's disk finishes a write: the node's Ready was written to its disk (the real
   WAL over an in-memory file system, ``StorageDisk``) when
   taken, and only when the simulated fsync completes are its messages sent, its
-  committed entries applied and ``advance`` called (the contract in ``quorumkv.raft``).
+  committed entries applied and ``advance`` called (the contract in ``quorumkv.consensus``).
   A crash before then loses those writes;
 * a client request or response arrives, or a client's attempt times out;
 * a fault starts or ends: crash and restart, pause and resume (a SIGSTOP: the node's
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quorumkv.errors import ProposalDropped, SimulationError
-from quorumkv.raft import (
+from quorumkv.consensus import (
     NONE,
     Change,
     ChangeType,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from quorumkv.raft import NONE, Entry, GroupId, HardState, Index, RaftState, Ready, Snapshot
+from quorumkv.consensus import NONE, Entry, GroupId, HardState, Index, RaftState, Ready, Snapshot
 from quorumkv.storage import MemFileSystem, NodeStorage
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from quorumkv.raft import Entry, EntryType, Index
+from quorumkv.consensus import Entry, EntryType, Index
 
 
 @dataclass(frozen=True, slots=True)

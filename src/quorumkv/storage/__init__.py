@@ -18,11 +18,12 @@ What it owns
 What it must never do
 ---------------------
 Make a Raft decision, or acknowledge anything: it stores what the driver hands it, in the
-order the ``quorumkv.raft`` contract gives, and reports when that is durable. The driver
+order the ``quorumkv.consensus`` contract gives, and reports when that is durable. The driver
 sends messages only after ``sync()`` returns. It never drops data it once made durable
 without raising.
 """
 
+from ._codec import decode_meta, encode_meta
 from ._errors import CorruptSnapshotError, CorruptWALError, StorageError
 from ._fs import AppendFile, FileSystem, MemFileSystem, OSFileSystem
 from ._node_storage import NodeStorage
@@ -42,4 +43,6 @@ __all__ = [
     "SnapshotStore",
     "StorageError",
     "SyncStats",
+    "decode_meta",
+    "encode_meta",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from quorumkv.raft import (
+from quorumkv.consensus import (
     ConfState,
     Entry,
     EntryType,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import posixpath
 
-from quorumkv.raft import GroupId, RaftState, Ready, Snapshot
+from quorumkv.consensus import GroupId, RaftState, Ready, Snapshot
 
 from ._fs import FileSystem
 from ._snapshots import SnapshotStore

@@ -36,7 +36,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from quorumkv.raft import GroupId, Index, Snapshot, SnapshotMeta, Term
+from quorumkv.consensus import GroupId, Index, Snapshot, SnapshotMeta, Term
 
 from . import _codec as codec
 from ._errors import CorruptSnapshotError

@@ -54,7 +54,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from quorumkv.raft import (
+from quorumkv.consensus import (
     Entry,
     GroupId,
     HardState,

@@ -137,7 +137,7 @@ class Raft:
         self.id = cfg.id
         self.group = cfg.group
         self.rng = rng
-        self.logger = logger or logging.getLogger("quorumkv.raft")
+        self.logger = logger or logging.getLogger("quorumkv.consensus")
         self.log = log
         self.term = hard_state.term
         self.vote = hard_state.vote

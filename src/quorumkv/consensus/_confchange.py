@@ -74,7 +74,12 @@ def leave_joint(cs: ConfState) -> ConfState:
 
 
 def encode_conf_change(cc: ConfChange) -> bytes:
-    doc = {"changes": [[c.type.value, c.node] for c in cc.changes], "auto_leave": cc.auto_leave}
+    doc: dict[str, object] = {
+        "changes": [[c.type.value, c.node] for c in cc.changes],
+        "auto_leave": cc.auto_leave,
+    }
+    if cc.context:
+        doc["context"] = cc.context
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -83,7 +88,10 @@ def decode_conf_change(data: bytes) -> ConfChange:
     try:
         doc = json.loads(data)
         changes = tuple(Change(ChangeType(t), NodeId(int(n))) for t, n in doc["changes"])
-        return ConfChange(changes=changes, auto_leave=bool(doc["auto_leave"]))
+        context = doc.get("context", "")
+        if not isinstance(context, str):
+            raise TypeError(f"context must be a string, not {type(context).__name__}")
+        return ConfChange(changes=changes, auto_leave=bool(doc["auto_leave"]), context=context)
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise ConfChangeError(f"malformed conf change entry: {exc}") from exc
 

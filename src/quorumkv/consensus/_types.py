@@ -125,6 +125,8 @@ class ConfChange:
 
     changes: tuple[Change, ...] = ()
     auto_leave: bool = True
+    context: str = ""
+    """Opaque to the core; the server carries the new members' addresses here."""
 
     @property
     def leave_joint(self) -> bool:

@@ -1,6 +1,6 @@
 """One-line renderings of messages, entries and Ready batches, for logs and golden tests.
 
-The format is stable on purpose: scenario scripts under ``tests/raft/testdata`` compare
+The format is stable on purpose: scenario scripts under ``tests/consensus/testdata`` compare
 against it. Entries show as ``term/index``, followed by their data when short.
 """
 

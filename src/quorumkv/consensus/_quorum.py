@@ -5,7 +5,7 @@ its voters; a *joint* configuration (thesis 4.3) decides only when both of its h
 An empty majority configuration agrees to everything, so a joint configuration whose
 outgoing half is empty behaves exactly like its incoming half.
 
-Nothing here knows about roles, terms or messages; ``tests/raft/test_quorum.py`` checks
+Nothing here knows about roles, terms or messages; ``tests/consensus/test_quorum.py`` checks
 these functions against a brute-force reference over random inputs.
 """
 

@@ -1,4 +1,4 @@
-"""quorumkv.raft: the Raft consensus core, one group per ``RawNode``, with no I/O.
+"""quorumkv.consensus: the Raft consensus core, one group per ``RawNode``, with no I/O.
 
 The core is a deterministic state machine. It never touches a socket, a file, a thread,
 an event loop, a clock or the global random generator: time arrives as ``tick()``,
@@ -42,7 +42,12 @@ One ``RawNode`` is not thread-safe; a driver that uses threads serializes calls 
 
 from quorumkv.errors import ConfChangeError, MessageRejected, ProposalDropped, RaftUsageError
 
-from ._confchange import apply_conf_change, describe_conf_state
+from ._confchange import (
+    apply_conf_change,
+    decode_conf_change,
+    describe_conf_state,
+    encode_conf_change,
+)
 from ._describe import describe_entries, describe_entry, describe_message, describe_ready
 from ._raft import CAMPAIGN_TRANSFER, Config, Rand, ReadOnlyOption
 from ._rawnode import RaftState, RawNode, Status, bootstrap_state
@@ -103,9 +108,11 @@ __all__ = [
     "Term",
     "apply_conf_change",
     "bootstrap_state",
+    "decode_conf_change",
     "describe_conf_state",
     "describe_entries",
     "describe_entry",
     "describe_message",
     "describe_ready",
+    "encode_conf_change",
 ]

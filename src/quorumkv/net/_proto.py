@@ -1,0 +1,142 @@
+"""quorumkv's wire protocol, version 1: handshakes, client requests and their answers.
+
+Theory of operation
+-------------------
+One TCP address per node serves both peers and clients. Every connection starts with a
+HELLO frame from the side that dialled::
+
+    {"magic": "quorumkv", "version": 1, "kind": "client" | "peer" | "snap",
+     "cluster": <cluster id, peers only>, "from": <node id, peers only>,
+     "addr": <the dialler's own listen address, peers only>}
+
+and the node answers ``{"ok": true, "node": id, "cluster": id}`` or
+``{"ok": false, "code": ERR_*, "message": "..."}`` and closes. A wrong magic, another
+version or another cluster is refused with a message that says which.
+
+After the handshake a *client* connection carries pipelined requests and answers,
+matched by a request id the client chooses (answers may come out of order)::
+
+    request  [req_id, op, body]
+    answer   [req_id, code, body]
+
+Operations (``op``) and their bodies:
+
+=================  =======================================  ==============================
+op                 body                                     OK answer body
+=================  =======================================  ==============================
+OP_WRITE           encoded kv Command (``encode_command``)  encoded result (``encode_result``)
+OP_READ            [encoded Command with a RangeRequest,    encoded result
+                   serializable: bool]
+OP_STATUS          None                                     status dict (see server)
+OP_MEMBER_ADD      [node_id, "host:port", learner_only]     members list
+OP_MEMBER_REMOVE   node_id                                  members list
+OP_TRANSFER        target node id (0: the most caught-up)   {"leader": id}
+=================  =======================================  ==============================
+
+A kv error decided by the state machine or at the edge (a limit, a compacted revision)
+is an OK answer whose result decodes to the error: the client raises it. The other codes
+say why the node did not do the work; each says whether a retry elsewhere can help:
+
+- ERR_NOT_LEADER ``[leader_id or 0, leader address or None]``: retry at the leader.
+- ERR_UNAVAILABLE message: no leader known here; retry later or elsewhere.
+- ERR_TIMEOUT message: the node gave up waiting; the outcome is unknown.
+- ERR_TOO_MANY message: backpressure; nothing was done.
+- ERR_SHUTTING_DOWN message: this node is stopping; retry elsewhere.
+- ERR_BAD_REQUEST message: a request that can never succeed (unknown op, bad body).
+- ERR_MEMBERSHIP message: a membership change was refused.
+
+A *peer* connection carries frames that are lists of encoded Raft messages, one way
+(each node dials each peer and sends on its own connection). A *snap* connection
+carries one snapshot: a frame with the SNAP message, then state-machine chunks as
+``["chunk", bytes]`` frames, then ``["end"]``; the receiver answers ``["ok"]`` or
+``["error", message]`` once it has installed (or refused) it.
+
+This module defines names and shapes only; it must never open a socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAGIC = "quorumkv"
+VERSION = 1
+
+KIND_CLIENT, KIND_PEER, KIND_SNAP = "client", "peer", "snap"
+
+MAX_CLIENT_FRAME = 4 << 20
+"""A client frame: the largest request (1.5 MiB) and its framing, with room to spare."""
+MAX_PEER_FRAME = 64 << 20
+"""A peer frame: a batch of Raft messages, or one snapshot chunk."""
+
+OP_WRITE, OP_READ, OP_STATUS, OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_TRANSFER = 1, 2, 3, 4, 5, 6
+OPS = frozenset({OP_WRITE, OP_READ, OP_STATUS, OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_TRANSFER})
+
+OK = 0
+ERR_NOT_LEADER = 1
+ERR_UNAVAILABLE = 2
+ERR_TIMEOUT = 3
+ERR_TOO_MANY = 4
+ERR_SHUTTING_DOWN = 5
+ERR_BAD_REQUEST = 6
+ERR_MEMBERSHIP = 7
+ERR_PROTOCOL = 8
+"""Handshake refusals: wrong magic or version, wrong kind, another cluster."""
+
+RETRYABLE = frozenset({ERR_NOT_LEADER, ERR_UNAVAILABLE, ERR_TOO_MANY, ERR_SHUTTING_DOWN})
+
+
+def client_hello() -> dict[str, Any]:
+    return {"magic": MAGIC, "version": VERSION, "kind": KIND_CLIENT}
+
+
+def peer_hello(kind: str, cluster: int, frm: int, addr: str) -> dict[str, Any]:
+    return {
+        "magic": MAGIC,
+        "version": VERSION,
+        "kind": kind,
+        "cluster": cluster,
+        "from": frm,
+        "addr": addr,
+    }
+
+
+def check_hello(doc: object, cluster: int) -> tuple[str, str]:
+    """``(kind, "")`` for an acceptable hello, or ``("", reason)``. ``cluster`` 0 means
+    this node does not know its cluster yet (it is joining) and accepts any."""
+    if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
+        return "", "not a quorumkv handshake"
+    version = doc.get("version")
+    if version != VERSION:
+        return "", f"protocol version {version!r} is not supported; this node speaks {VERSION}"
+    kind = doc.get("kind")
+    if kind == KIND_CLIENT:
+        return kind, ""
+    if kind not in (KIND_PEER, KIND_SNAP):
+        return "", f"unknown connection kind {kind!r}"
+    theirs, frm, addr = doc.get("cluster"), doc.get("from"), doc.get("addr")
+    if not isinstance(theirs, int) or not isinstance(frm, int) or frm <= 0:
+        return "", "a peer handshake needs integer cluster and from fields"
+    if not isinstance(addr, str):
+        return "", "a peer handshake needs its listen address"
+    if cluster and theirs != cluster:
+        return "", (
+            f"node {frm} belongs to cluster {theirs:016x}, this node to cluster "
+            f"{cluster:016x}: it was started with another data dir or peer list"
+        )
+    return kind, ""
+
+
+def refuse(code: int, message: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "message": message}
+
+
+def accept(node: int, cluster: int) -> dict[str, Any]:
+    return {"ok": True, "node": node, "cluster": cluster}
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"host:port"`` → ``(host, port)``; raises ``ValueError`` saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {text!r} is not host:port")
+    return host.strip("[]"), int(port)
