@@ -1,0 +1,255 @@
+"""A node's configuration: flags, an optional TOML file, and the data directory's identity.
+
+Theory of operation
+-------------------
+``parse_config(argv)`` reads the flags; ``--config FILE`` names a TOML file whose keys
+are the flags' long names (``data-dir`` or ``data_dir``); flags given on the command
+line win over the file. Everything is checked here, so a node that starts has a
+coherent configuration and a bad one stops with one ``ServerError`` line.
+
+The cluster id is derived, like etcd's, from ``--cluster-token`` and the founding
+``--peers`` list, so every founding member computes the same id without talking. It is
+written to ``<data-dir>/node.json`` with the node id when the node is first created;
+a restart checks both, so a data dir from another cluster or another node is refused
+with a message that says which. A node started with ``--join`` takes the id of the
+cluster that first contacts it.
+
+This module must never open a socket or start the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quorumkv.errors import ServerError
+from quorumkv.net import parse_address
+
+NODE_FILE = "node.json"
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    node_id: int
+    data_dir: Path
+    listen: str
+    peers: dict[int, str]
+    http: str = ""
+    join: bool = False
+    cluster_token: str = "quorumkv"
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = 10_000
+    """Compact the log once this many entries were applied since the last snapshot."""
+    catchup_entries: int = 5_000
+    """Entries kept behind a compaction so a slightly slow follower catches up by log."""
+    max_pending: int = 20_000
+    """Proposals accepted but not yet applied, beyond which writes get ERR_TOO_MANY."""
+    request_timeout_s: float = 5.0
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cluster_id(self) -> int:
+        return cluster_id(self.cluster_token, self.peers)
+
+    @property
+    def election_timeout_s(self) -> float:
+        return self.tick_ms * self.election_ticks / 1000
+
+
+def cluster_id(token: str, peers: dict[int, str]) -> int:
+    """A 63-bit id from the token and the founding members (never 0)."""
+    text = token + "|" + ",".join(f"{i}={peers[i]}" for i in sorted(peers))
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+    return value or 1
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """``"1=host:port,2=host:port"`` → ``{1: "host:port", ...}``."""
+    peers: dict[int, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        ident, sep, addr = part.partition("=")
+        if not sep or not ident.strip().isdigit() or int(ident) <= 0:
+            raise ServerError(f"--peers: {part!r} is not ID=HOST:PORT with a positive ID")
+        try:
+            parse_address(addr.strip())
+        except ValueError as e:
+            raise ServerError(f"--peers: {e}") from None
+        node = int(ident)
+        if node in peers:
+            raise ServerError(f"--peers: node {node} is listed twice")
+        peers[node] = addr.strip()
+    return peers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qkv server",
+        description="Run one quorumkv node. One --listen address serves peers and clients.",
+    )
+    p.add_argument("--config", help="a TOML file of these options (flags win over it)")
+    p.add_argument("--id", type=int, help="this node's id (a positive integer)")
+    p.add_argument("--data-dir", help="where this node keeps its log and data")
+    p.add_argument("--listen", help="HOST:PORT for peers and clients")
+    p.add_argument("--http", help="HOST:PORT for /health, /status and /metrics")
+    p.add_argument("--peers", help="the founding members: ID=HOST:PORT,... (this node included)")
+    p.add_argument(
+        "--join",
+        action="store_true",
+        default=None,
+        help="start empty and wait to be added to a running cluster (qkv member add)",
+    )
+    p.add_argument("--cluster-token", help="distinguishes clusters with the same peer list")
+    p.add_argument("--tick-ms", type=int, help="milliseconds per Raft tick (default 50)")
+    p.add_argument("--election-ticks", type=int, help="ticks per election timeout (10)")
+    p.add_argument("--snapshot-entries", type=int, help="entries between snapshots (10000)")
+    p.add_argument("--catchup-entries", type=int, help="entries kept after a snapshot (5000)")
+    p.add_argument("--max-pending", type=int, help="unapplied proposals before refusing (20000)")
+    p.add_argument("--request-timeout", type=float, help="seconds a request may wait (5)")
+    p.add_argument("--log-level", help="debug, info, warning or error (info)")
+    return p
+
+
+_KEYS = {
+    "id": ("node_id", int),
+    "data_dir": ("data_dir", str),
+    "listen": ("listen", str),
+    "http": ("http", str),
+    "peers": ("peers", str),
+    "join": ("join", bool),
+    "cluster_token": ("cluster_token", str),
+    "tick_ms": ("tick_ms", int),
+    "election_ticks": ("election_ticks", int),
+    "snapshot_entries": ("snapshot_entries", int),
+    "catchup_entries": ("catchup_entries", int),
+    "max_pending": ("max_pending", int),
+    "request_timeout": ("request_timeout_s", float),
+    "log_level": ("log_level", str),
+}
+
+
+def _from_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ServerError(f"--config: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ServerError(f"--config: {path} is not valid TOML: {e}") from None
+    out: dict[str, Any] = {}
+    for raw_key, value in doc.items():
+        key = raw_key.replace("-", "_")
+        if key not in _KEYS:
+            raise ServerError(f"--config: unknown option {raw_key!r} in {path}")
+        _, kind = _KEYS[key]
+        if key == "peers" and isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ServerError(f"--config: {raw_key} must be {kind.__name__}, not {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_config(argv: list[str] | None) -> ServerConfig:
+    """Flags (and the TOML file they name) → a checked ``ServerConfig``."""
+    ns = build_parser().parse_args(argv)
+    values: dict[str, Any] = _from_file(ns.config) if ns.config else {}
+    for key in _KEYS:
+        v = getattr(ns, key, None)
+        if v is not None:
+            values[key] = v
+    missing = [f"--{k.replace('_', '-')}" for k in ("id", "data_dir", "listen") if k not in values]
+    if missing:
+        raise ServerError(f"missing {', '.join(missing)} (see qkv server --help)")
+    node_id = values["id"]
+    if node_id <= 0:
+        raise ServerError(f"--id must be a positive integer, not {node_id}")
+    try:
+        parse_address(values["listen"])
+        if values.get("http"):
+            parse_address(values["http"])
+    except ValueError as e:
+        raise ServerError(str(e)) from None
+    peers = parse_peers(values.get("peers", ""))
+    join = bool(values.get("join", False))
+    if not peers:
+        peers = {node_id: values["listen"]}
+    if node_id not in peers and not join:
+        raise ServerError(f"--peers does not list this node ({node_id}); use --join to join")
+    peers.setdefault(node_id, values["listen"])
+    kwargs = {name: values[key] for key, (name, _) in _KEYS.items() if key in values}
+    kwargs.update(node_id=node_id, data_dir=Path(values["data_dir"]), peers=peers)
+    cfg = ServerConfig(**kwargs)
+    for name in ("tick_ms", "election_ticks", "snapshot_entries", "max_pending"):
+        if getattr(cfg, name) <= 0:
+            raise ServerError(f"--{name.replace('_', '-')} must be positive")
+    if cfg.election_ticks <= cfg.heartbeat_ticks:
+        raise ServerError("--election-ticks must be at least 2")
+    if cfg.catchup_entries < 0 or cfg.request_timeout_s <= 0:
+        raise ServerError("--catchup-entries must be >= 0 and --request-timeout > 0")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ServerError(f"--log-level {cfg.log_level!r}: use debug, info, warning or error")
+    return cfg
+
+
+# -- the data directory's identity ----------------------------------------------------
+
+
+def read_identity(data_dir: Path) -> dict[str, Any] | None:
+    path = data_dir / NODE_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ServerError(f"{path} is unreadable ({e}); is this a quorumkv data dir?") from None
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise ServerError(f"{path} is not a quorumkv node file of format {_FORMAT}")
+    return doc
+
+
+def write_identity(data_dir: Path, node_id: int, cluster: int) -> None:
+    """Write ``node.json`` atomically and durably."""
+    path = data_dir / NODE_FILE
+    tmp = path.with_suffix(".tmp")
+    doc = {"format": _FORMAT, "node_id": node_id, "cluster_id": f"{cluster:016x}"}
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(path)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_identity(cfg: ServerConfig, doc: dict[str, Any]) -> int:
+    """The cluster id stored in the data dir, after checking it matches the flags."""
+    if doc.get("node_id") != cfg.node_id:
+        raise ServerError(
+            f"data dir {cfg.data_dir} belongs to node {doc.get('node_id')}, "
+            f"not node {cfg.node_id}: pass --id {doc.get('node_id')} or another --data-dir"
+        )
+    stored = int(str(doc.get("cluster_id", "0")), 16)
+    if not cfg.join and stored != cfg.cluster_id:
+        raise ServerError(
+            f"data dir {cfg.data_dir} belongs to cluster {stored:016x}, but these flags "
+            f"(--peers and --cluster-token) describe cluster {cfg.cluster_id:016x}: use the "
+            "flags the cluster was created with, or a fresh --data-dir"
+        )
+    return stored

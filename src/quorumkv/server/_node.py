@@ -1,0 +1,990 @@
+"""One quorumkv node: the asyncio driver around the Raft core, the WAL and the MVCC store.
+
+Theory of operation
+-------------------
+Everything runs on one event loop thread. Input arrives in callbacks: peer messages are
+stepped into the core at once, client writes and reads are queued. Any input schedules
+ONE ``_drive`` call for the end of the loop iteration (``call_soon``), so all the input
+of an iteration is handled as one batch:
+
+1. queued writes become one ``propose_many``; queued linearizable reads share one
+   ``read_index`` request;
+2. while the core has a ``Ready``: write it to the WAL and fsync once if it must be
+   durable (one fsync for the whole batch); then send its messages, one frame per peer;
+   then apply its committed entries to the MVCC store in one LMDB transaction; answer
+   the writers whose entries were applied; move read states to the waiting reads; serve
+   the reads whose index is applied; ``advance``;
+3. flush every client connection's answers with one write each; compact the log if due.
+
+That is the core's contract (``quorumkv.consensus``), batched.
+
+A write is answered when its entry is applied: the entry at the index the proposal got,
+with the term it was proposed in. A different term there means another leader replaced
+it; the writer is told to retry, which is safe because every write carries the client's
+session (client id, sequence number) and the state machine applies each once. When this
+node stops leading, its waiting writers are told the same at once.
+
+The MVCC store is opened without its own fsync: the WAL is the durable record, and the
+store is synced before the log under its applied index is dropped, so a crash replays
+whatever the store lost. A leader snapshot carries only the member addresses; a
+follower that needs one gets the whole store streamed on its own connection and
+installed before the core sees the SNAP message (``snapshot_received``). Entries the
+store already holds are skipped by index when they are applied again.
+
+Membership changes are coroutines that propose, then wait for the change to apply (and
+for a new node to catch up before promoting it); their addresses travel in the
+change's context, so every node learns them from the log or a snapshot.
+
+This module must never block the loop on the network, and never acknowledge a write
+before its entry is applied, nor answer a linearizable read before its read index is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from quorumkv import __name__ as _pkg
+from quorumkv.consensus import (
+    NONE,
+    Change,
+    ChangeType,
+    ConfChange,
+    ConfChangeError,
+    Config,
+    EntryType,
+    GroupId,
+    Index,
+    Message,
+    MessageRejected,
+    MessageType,
+    NodeId,
+    ProposalDropped,
+    RaftState,
+    RawNode,
+    Ready,
+    Role,
+    bootstrap_state,
+    decode_conf_change,
+)
+from quorumkv.errors import KVError, ServerError, StorageError
+from quorumkv.kv import (
+    MVCCStore,
+    RangeRequest,
+    decode_command,
+    encode_result,
+    snapshot_index,
+)
+from quorumkv.net import (
+    ERR_BAD_REQUEST,
+    ERR_MEMBERSHIP,
+    ERR_NOT_LEADER,
+    ERR_SHUTTING_DOWN,
+    ERR_TIMEOUT,
+    ERR_TOO_MANY,
+    ERR_UNAVAILABLE,
+    OK,
+    OP_MEMBER_ADD,
+    OP_MEMBER_REMOVE,
+    OP_READ,
+    OP_STATUS,
+    OP_TRANSFER,
+    OP_WRITE,
+    pack,
+    parse_address,
+    unpack,
+)
+from quorumkv.storage import NodeStorage, OSFileSystem
+
+from ._codec import decode_message, encode_message
+from ._config import ServerConfig, check_identity, read_identity, write_identity
+from ._conn import ClientConn, Inbound, SnapConn, read_spool
+from ._metrics import Metrics
+from ._peers import PeerLink, link_hello, send_snapshot, snap_hello
+
+log = logging.getLogger("quorumkv.server")
+
+GROUP = GroupId(1)
+_OP_NAMES = {
+    OP_WRITE: "write",
+    OP_READ: "read",
+    OP_STATUS: "status",
+    OP_MEMBER_ADD: "member",
+    OP_MEMBER_REMOVE: "member",
+    OP_TRANSFER: "transfer",
+}
+_CODE_NAMES = {
+    ERR_NOT_LEADER: "not_leader",
+    ERR_UNAVAILABLE: "unavailable",
+    ERR_TIMEOUT: "timeout",
+    ERR_TOO_MANY: "too_many",
+    ERR_SHUTTING_DOWN: "shutting_down",
+    ERR_BAD_REQUEST: "bad_request",
+    ERR_MEMBERSHIP: "membership",
+}
+
+
+@dataclass(slots=True)
+class _Write:
+    conn: ClientConn
+    req_id: Any
+    term: int
+    t0: float
+
+
+@dataclass(slots=True)
+class _ReadBatch:
+    reads: list[tuple[ClientConn, Any, RangeRequest]]
+    deadline: float
+    index: int = -1
+
+
+@dataclass
+class _Waiter:
+    index: int
+    future: asyncio.Future[None]
+
+
+@dataclass
+class _Snapshots:
+    sending: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    restoring: bool = False
+
+
+class Node:
+    """A running node. Build with ``Node(cfg)``, then ``await node.start()``."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.loop = asyncio.get_running_loop()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = NodeStorage(OSFileSystem(), str(cfg.data_dir / "raft"))
+        self.kv = MVCCStore(cfg.data_dir / "kv", sync=False)
+        self.cluster = self._identity()
+        self.members: dict[int, str] = {}
+        state = self._load_state()
+        rcfg = Config(
+            id=NodeId(cfg.node_id),
+            group=GROUP,
+            election_tick=cfg.election_ticks,
+            heartbeat_tick=cfg.heartbeat_ticks,
+        )
+        self.raw = RawNode(rcfg, state, random.Random(), logging.getLogger("quorumkv.raft"))
+        self.metrics = Metrics(self._gauges)
+        self.links: dict[int, PeerLink] = {}
+        self.dirty: list[ClientConn] = []
+        self.clients: set[ClientConn] = set()
+        self.writes: list[tuple[bytes, ClientConn, Any]] = []
+        self.waiting: dict[int, _Write] = {}
+        self.read_queue: list[tuple[ClientConn, Any, RangeRequest]] = []
+        self.read_batches: dict[bytes, _ReadBatch] = {}
+        self.ready_reads: deque[_ReadBatch] = deque()
+        self.apply_waiters: list[_Waiter] = []
+        self.role_waiters: list[asyncio.Future[None]] = []
+        self.snaps = _Snapshots()
+        self._read_seq = 0
+        self._drive_scheduled = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self.stopping = False
+        self.started = time.monotonic()
+        self.leader_seen: int = NONE
+        self.snapshot_index = int(state.snapshot.meta.index) if state.snapshot else 0
+        self.server: asyncio.Server | None = None
+        self.fatal: BaseException | None = None
+
+    # -- start-up --------------------------------------------------------------------
+
+    def _identity(self) -> int:
+        cfg = self.cfg
+        doc = read_identity(cfg.data_dir)
+        has_state = bool(self.storage.groups())
+        if doc is not None:
+            return check_identity(cfg, doc)
+        if cfg.join:
+            if has_state:
+                raise ServerError(f"data dir {cfg.data_dir} has Raft state but no node.json")
+            return 0  # learned from the first peer that contacts us
+        if not has_state:
+            members = dict(cfg.peers)
+            data = pack({"members": {str(k): v for k, v in members.items()}})
+            self.storage.bootstrap(GROUP, bootstrap_state(list(members), data=data))
+            log.info("node %d bootstrapped cluster %016x with %s",
+                     cfg.node_id, cfg.cluster_id, members)  # fmt: skip
+        write_identity(cfg.data_dir, cfg.node_id, cfg.cluster_id)
+        return cfg.cluster_id
+
+    def _load_state(self) -> RaftState:
+        if GROUP not in self.storage.groups():
+            self.members.update(self.cfg.peers)
+            return RaftState()
+        st = self.storage.load(GROUP)
+        if st.snapshot is not None:
+            self._learn_members(st.snapshot.data)
+        for e in st.entries:
+            if e.type is EntryType.CONF_CHANGE:
+                self._learn_conf(e.data)
+        for node, addr in self.cfg.peers.items():
+            self.members.setdefault(node, addr)
+        last = (
+            st.entries[-1].index if st.entries else (st.snapshot.meta.index if st.snapshot else 0)
+        )
+        hs = st.hard_state
+        applied = self.kv.applied_index()
+        if applied > hs.commit and hs.commit < last:
+            # The store applied entries the WAL's last commit record had not reached yet
+            # (commit-only hard states are not fsynced): they were committed.
+            hs = type(hs)(hs.term, hs.vote, Index(min(applied, last)))
+        floor = st.snapshot.meta.index if st.snapshot else 0
+        return RaftState(hs, st.snapshot, st.entries, Index(max(floor, min(applied, hs.commit))))
+
+    def _learn_members(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            doc = unpack(data)
+            for k, v in doc["members"].items():
+                self.members[int(k)] = str(v)
+        except Exception as e:  # a snapshot from an older format: addresses come later
+            log.warning("snapshot data without member addresses: %r", e)
+
+    def _learn_conf(self, data: bytes) -> None:
+        try:
+            cc = decode_conf_change(data)
+            if cc.context:
+                for k, v in json.loads(cc.context).items():
+                    self.members[int(k)] = str(v)
+        except (ConfChangeError, ValueError, AttributeError) as e:
+            log.warning("conf change without readable addresses: %r", e)
+
+    async def start(self) -> None:
+        host, port = parse_address(self.cfg.listen)
+        try:
+            self.server = await self.loop.create_server(
+                lambda: Inbound(self), host, port, reuse_address=True
+            )
+        except OSError as e:
+            raise ServerError(f"cannot listen on {self.cfg.listen}: {e.strerror or e}") from None
+        self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)
+        for peer in self._peer_ids():
+            self._link(peer)
+        self._schedule()
+
+    def _peer_ids(self) -> list[int]:
+        conf = self.raw.raft.trk.conf
+        ids = set(conf.voters) | set(conf.learners) | set(conf.voters_outgoing)
+        ids |= set(conf.learners_next)
+        ids.discard(NodeId(self.node_id))
+        return sorted(ids)
+
+    def _link(self, peer: int) -> PeerLink | None:
+        link = self.links.get(peer)
+        if link is not None:
+            return link
+        addr = self.members.get(peer)
+        if addr is None:
+            return None
+        link = PeerLink(
+            self.node_id,
+            peer,
+            addr,
+            lambda: link_hello(self.cluster, self.node_id, self.cfg.listen),
+            self._peer_connected,
+        )
+        self.links[peer] = link
+        link.start()
+        return link
+
+    def _peer_connected(self, peer: int) -> None:
+        self._schedule()
+
+    # -- Host interface for connections --------------------------------------------------
+
+    def current_cluster(self) -> int:
+        return self.cluster
+
+    def learn_cluster(self, cluster: int) -> None:
+        if not self.cluster:
+            self.cluster = cluster
+            write_identity(self.cfg.data_dir, self.node_id, cluster)
+            log.info("node %d joined cluster %016x", self.node_id, cluster)
+
+    def learn_address(self, node: int, addr: str) -> None:
+        if node == self.node_id:
+            return
+        if self.members.get(node) != addr:
+            self.members[node] = addr
+            link = self.links.get(node)
+            if link is not None:
+                link.set_address(addr)
+
+    def spool_path(self) -> Path:
+        self._read_seq += 1
+        return self.cfg.data_dir / f"snap-recv-{self._read_seq}.tmp"
+
+    def mark_dirty(self, conn: ClientConn) -> None:
+        self.dirty.append(conn)
+        self._schedule()
+
+    def client_closed(self, conn: ClientConn) -> None:
+        self.clients.discard(conn)
+
+    def peer_messages(self, frm: int, docs: list[Any], nbytes: int) -> None:
+        self.metrics.peer_bytes_in.inc(nbytes)
+        raw = self.raw
+        for doc in docs:
+            try:
+                m = decode_message(doc)
+                if m.frm != frm:
+                    raise MessageRejected(f"message from {m.frm} on node {frm}'s link")
+                if m.type is MessageType.SNAP:
+                    raise MessageRejected("a snapshot must come on a snapshot stream")
+                raw.step(m)
+            except MessageRejected as e:
+                log.warning("dropped a message from node %d: %s", frm, e)
+            except ProposalDropped:
+                pass
+        self._schedule()
+
+    # -- client requests -----------------------------------------------------------------
+
+    def client_request(self, conn: ClientConn, req_id: Any, op: Any, body: Any) -> None:
+        self.clients.add(conn)
+        name = _OP_NAMES.get(op)
+        if name is None:
+            self._error(conn, req_id, ERR_BAD_REQUEST, f"unknown operation {op!r}")
+            return
+        self.metrics.client_requests[name].inc()
+        if self.stopping:
+            self._error(conn, req_id, ERR_SHUTTING_DOWN, f"node {self.node_id} is stopping")
+            return
+        if op == OP_WRITE:
+            self._write(conn, req_id, body)
+        elif op == OP_READ:
+            self._read(conn, req_id, body)
+        elif op == OP_STATUS:
+            conn.reply(req_id, OK, self.status())
+        else:
+            self.loop.create_task(self._admin(conn, req_id, op, body))
+
+    def _error(self, conn: ClientConn, req_id: Any, code: int, body: Any) -> None:
+        self.metrics.client_errors[_CODE_NAMES[code]].inc()
+        conn.reply(req_id, code, body)
+
+    def _not_leader(self, conn: ClientConn, req_id: Any) -> None:
+        lead = int(self.raw.raft.lead)
+        if lead == NONE:
+            self._error(conn, req_id, ERR_UNAVAILABLE, f"node {self.node_id} knows no leader")
+        else:
+            self._error(conn, req_id, ERR_NOT_LEADER, [lead, self.members.get(lead)])
+
+    def _write(self, conn: ClientConn, req_id: Any, body: Any) -> None:
+        if self.raw.raft.role is not Role.LEADER:
+            self._not_leader(conn, req_id)
+            return
+        if len(self.waiting) + len(self.writes) >= self.cfg.max_pending:
+            self.metrics.proposals_refused.inc()
+            self._error(conn, req_id, ERR_TOO_MANY, f"{len(self.waiting)} writes are pending")
+            return
+        if not isinstance(body, bytes):
+            self._error(conn, req_id, ERR_BAD_REQUEST, "a write's body is an encoded command")
+            return
+        try:
+            cmd = decode_command(body)
+        except KVError as e:
+            conn.reply(req_id, OK, encode_result(e))
+            return
+        if isinstance(cmd.request, RangeRequest):
+            self._error(conn, req_id, ERR_BAD_REQUEST, "a range is a read; send it as OP_READ")
+            return
+        self.writes.append((body, conn, req_id))
+        self._schedule()
+
+    def _read(self, conn: ClientConn, req_id: Any, body: Any) -> None:
+        try:
+            data, serializable = body
+            cmd = decode_command(data)
+        except KVError as e:
+            conn.reply(req_id, OK, encode_result(e))
+            return
+        except (TypeError, ValueError):
+            self._error(conn, req_id, ERR_BAD_REQUEST, "a read's body is [command, serializable]")
+            return
+        req = cmd.request
+        if not isinstance(req, RangeRequest):
+            self._error(conn, req_id, ERR_BAD_REQUEST, "OP_READ carries a range request")
+            return
+        if serializable:
+            self._serve(conn, req_id, req)
+            return
+        self.read_queue.append((conn, req_id, req))
+        self._schedule()
+
+    def _serve(self, conn: ClientConn, req_id: Any, req: RangeRequest) -> None:
+        try:
+            conn.reply(req_id, OK, encode_result(self.kv.range(req)))
+        except KVError as e:
+            conn.reply(req_id, OK, encode_result(e))
+
+    # -- the drive cycle -----------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._drive_scheduled:
+            self._drive_scheduled = True
+            self.loop.call_soon(self._drive)
+
+    def _drive(self) -> None:
+        self._drive_scheduled = False
+        if self.fatal is not None:
+            return
+        try:
+            self._drive_once()
+        except (StorageError, KVError, OSError) as e:
+            # The disk failed under us: what reached it is unknown, so stop serving
+            # rather than acknowledge anything more. A restart recovers from the WAL.
+            self.fatal = e
+            log.error("node %d stops: storage failed: %s", self.node_id, e)
+            self.loop.call_soon(self._fail_everything, f"node {self.node_id} storage failed: {e}")
+
+    def _drive_once(self) -> None:
+        if self.writes:
+            self._propose()
+        if self.read_queue:
+            self._issue_reads()
+        raw = self.raw
+        while not self.snaps.restoring and raw.has_ready():
+            t0 = time.perf_counter()
+            rd = raw.ready()
+            self._handle_ready(rd)
+            raw.advance(rd)
+            self.metrics.ready_seconds.observe(time.perf_counter() - t0)
+        for link in self.links.values():
+            if not link.flush():
+                raw.report_unreachable(NodeId(link.peer_id))
+        if self.dirty:
+            out = 0
+            for conn in self.dirty:
+                out += conn.flush()
+            self.dirty.clear()
+            self.metrics.client_bytes_out.inc(out)
+        self._maybe_compact()
+        if raw.has_ready() and not self.snaps.restoring:
+            self._schedule()
+
+    def _propose(self) -> None:
+        writes, self.writes = self.writes, []
+        raw = self.raw
+        if raw.raft.role is not Role.LEADER:
+            for _, conn, req_id in writes:
+                self._not_leader(conn, req_id)
+            return
+        try:
+            last = raw.propose_many([w[0] for w in writes])
+        except ProposalDropped as e:
+            for _, conn, req_id in writes:
+                self._error(conn, req_id, ERR_NOT_LEADER, [e.leader, self.members.get(e.leader)])
+            return
+        term = int(raw.raft.term)
+        now = time.monotonic()
+        first = last - len(writes) + 1
+        for i, (_, conn, req_id) in enumerate(writes):
+            self.waiting[first + i] = _Write(conn, req_id, term, now)
+        self.metrics.proposals.inc(len(writes))
+
+    def _issue_reads(self) -> None:
+        reads, self.read_queue = self.read_queue, []
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        try:
+            self.raw.read_index(ctx)
+        except ProposalDropped:
+            for conn, req_id, _ in reads:
+                self._not_leader(conn, req_id)
+            return
+        deadline = time.monotonic() + 2 * self.cfg.election_timeout_s
+        self.read_batches[ctx] = _ReadBatch(reads, deadline)
+
+    def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._role_changed(rd)
+        self.storage.write_ready(GROUP, rd)
+        if rd.must_sync:
+            t0 = time.perf_counter()
+            self.storage.sync()
+            self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+        for m in rd.messages:
+            self._send(m)
+        if rd.snapshot is not None:
+            self._learn_members(rd.snapshot.data)
+            self.snapshot_index = int(rd.snapshot.meta.index)
+            self._sync_links()
+        if rd.committed:
+            self._apply(rd)
+        for rs in rd.read_states:
+            batch = self.read_batches.pop(rs.context, None)
+            if batch is not None:
+                batch.index = int(rs.index)
+                self.ready_reads.append(batch)
+        if self.ready_reads:
+            self._serve_reads()
+
+    def _send(self, m: Message) -> None:
+        to = int(m.to)
+        if m.type is MessageType.SNAP:
+            self._start_snapshot(m)
+            return
+        link = self._link(to)
+        if link is None:
+            self.raw.report_unreachable(m.to)
+            return
+        link.send(encode_message(m))
+
+    def _apply(self, rd: Ready) -> None:
+        batch: list[tuple[int, bytes]] = []
+        conf_changed = False
+        for e in rd.committed:
+            if e.type is EntryType.CONF_CHANGE:
+                self._learn_conf(e.data)
+                conf_changed = True
+                batch.append((e.index, b""))
+            else:
+                batch.append((e.index, e.data))
+        t0 = time.perf_counter()
+        results = self.kv.apply(batch)
+        now = time.perf_counter()
+        self.metrics.apply_seconds.observe(now - t0)
+        self.metrics.batch_entries.observe(len(batch))
+        self.metrics.applied_entries.inc(len(batch))
+        if self.waiting:
+            mono = time.monotonic()
+            for e, res in zip(rd.committed, results, strict=True):
+                w = self.waiting.pop(int(e.index), None)
+                if w is None:
+                    continue
+                if e.term != w.term:
+                    self._not_leader(w.conn, w.req_id)
+                elif res is None:
+                    self._error(w.conn, w.req_id, ERR_BAD_REQUEST, "stale session sequence")
+                else:
+                    w.conn.reply(w.req_id, OK, encode_result(res))
+                    self.metrics.commit_seconds.observe(mono - w.t0)
+        if conf_changed:
+            self.loop.call_soon(self._sync_links)
+        if self.apply_waiters:
+            applied = self.kv.applied_index()
+            keep = []
+            for aw in self.apply_waiters:
+                if aw.index <= applied:
+                    if not aw.future.done():
+                        aw.future.set_result(None)
+                else:
+                    keep.append(aw)
+            self.apply_waiters = keep
+
+    def _serve_reads(self) -> None:
+        applied = self.kv.applied_index()
+        while self.ready_reads and self.ready_reads[0].index <= applied:
+            batch = self.ready_reads.popleft()
+            for conn, req_id, req in batch.reads:
+                self._serve(conn, req_id, req)
+            self.metrics.reads.inc(len(batch.reads))
+
+    def _role_changed(self, rd: Ready) -> None:
+        assert rd.soft_state is not None
+        lead, role = int(rd.soft_state.leader), rd.soft_state.role
+        if lead != self.leader_seen:
+            self.leader_seen = lead
+            self.metrics.leader_changes.inc()
+            log.info("node %d: leader is now %s (term %d)",
+                     self.node_id, lead or "unknown", self.raw.raft.term)  # fmt: skip
+        if role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self.metrics.elections.inc()
+        if role is not Role.LEADER and self.waiting:
+            # Our entries may still commit under the next leader; the writers retry
+            # there with the same session, which the state machine deduplicates.
+            waiting, self.waiting = self.waiting, {}
+            for w in waiting.values():
+                self._not_leader(w.conn, w.req_id)
+        for f in self.role_waiters:
+            if not f.done():
+                f.set_result(None)
+        self.role_waiters = []
+
+    def _sync_links(self) -> None:
+        wanted = set(self._peer_ids())
+        for peer in wanted:
+            self._link(peer)
+        for peer in list(self.links):
+            if peer not in wanted:
+                self.links.pop(peer).close()
+
+    def _fail_everything(self, why: str) -> None:
+        for w in self.waiting.values():
+            self._error(w.conn, w.req_id, ERR_UNAVAILABLE, why)
+        self.waiting.clear()
+        for b in [*self.read_batches.values(), *self.ready_reads]:
+            for conn, req_id, _ in b.reads:
+                self._error(conn, req_id, ERR_UNAVAILABLE, why)
+        self.read_batches.clear()
+        self.ready_reads.clear()
+        for conn in self.dirty:
+            conn.flush()
+        self.dirty.clear()
+
+    # -- ticks and timeouts ----------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)
+        if self.fatal is not None:
+            return
+        self.raw.tick()
+        now = time.monotonic()
+        if self.read_batches:
+            for ctx, b in list(self.read_batches.items()):
+                if b.deadline < now:
+                    del self.read_batches[ctx]
+                    for conn, req_id, _ in b.reads:
+                        self._error(conn, req_id, ERR_UNAVAILABLE, "read index lost; retry")
+        if self.waiting:
+            limit = now - self.cfg.request_timeout_s
+            for index in [i for i, w in self.waiting.items() if w.t0 < limit]:
+                w = self.waiting.pop(index)
+                self._error(w.conn, w.req_id, ERR_TIMEOUT, f"entry {index} not applied in time")
+        self._schedule()
+
+    # -- compaction and snapshots ----------------------------------------------------
+
+    def _maybe_compact(self) -> None:
+        applied = int(self.raw.raft.log.applied)
+        if applied - self.snapshot_index < self.cfg.snapshot_entries + self.cfg.catchup_entries:
+            return
+        index = applied - self.cfg.catchup_entries
+        self.kv.sync()  # the store must hold what the dropped log held
+        data = pack({"members": {str(k): v for k, v in self.members.items()}})
+        snap = self.raw.compact(Index(index), data)
+        self.storage.save_snapshot(GROUP, snap)
+        self.snapshot_index = index
+        log.info("node %d compacted its log to %d", self.node_id, index)
+
+    def _start_snapshot(self, m: Message) -> None:
+        to = int(m.to)
+        task = self.snaps.sending.get(to)
+        if task is not None and not task.done():
+            return
+        self.snaps.sending[to] = self.loop.create_task(self._stream_snapshot(m))
+
+    async def _stream_snapshot(self, m: Message) -> None:
+        to = NodeId(int(m.to))
+        addr = self.members.get(int(to))
+        ok, why = False, "no address"
+        if addr is not None:
+            try:
+                hello = snap_hello(self.cluster, self.node_id, self.cfg.listen)
+                ok, why, sent = await send_snapshot(
+                    addr, hello, encode_message(m), self.kv.snapshot(), 5.0
+                )
+                self.metrics.peer_bytes_out.inc(sent)
+            except (OSError, ConnectionError, TimeoutError) as e:
+                why = str(e) or type(e).__name__
+        if ok:
+            self.metrics.snapshots_sent.inc()
+            log.info("node %d sent a snapshot to node %d", self.node_id, to)
+        else:
+            log.warning("node %d could not send a snapshot to node %d: %s", self.node_id, to, why)
+        self.raw.report_snapshot(to, ok)
+        self._schedule()
+
+    def snapshot_received(self, frm: int, first: bytes, spool: Path, conn: SnapConn) -> None:
+        self.loop.create_task(self._install(frm, first, spool, conn))
+
+    async def _install(self, frm: int, first: bytes, spool: Path, conn: SnapConn) -> None:
+        try:
+            m = decode_message(unpack(first))
+            chunks = read_spool(spool)
+            head = next(chunks)
+            index = snapshot_index(head)
+            if index > self.kv.applied_index():
+                # Restore beside the open store, off the loop; no Ready is handled (so
+                # nothing is applied) until the new store is swapped in.
+                self.snaps.restoring = True
+                path = self.kv.path
+
+                def restore() -> MVCCStore:
+                    new = MVCCStore.restore(path, [head, *chunks], sync=True)
+                    new.close()
+                    return MVCCStore(path, sync=False)
+
+                try:
+                    new = await self.loop.run_in_executor(None, restore)
+                finally:
+                    self.snaps.restoring = False
+                old, self.kv = self.kv, new
+                old.close()
+            self.raw.step(m)
+            self.metrics.snapshots_received.inc()
+            log.info("node %d installed a snapshot at %d from node %d", self.node_id, index, frm)
+            conn.answer(True)
+        except (KVError, MessageRejected, StopIteration, ValueError) as e:
+            log.warning("node %d refused a snapshot from node %d: %s", self.node_id, frm, e)
+            conn.answer(False, str(e))
+        finally:
+            spool.unlink(missing_ok=True)
+            self._schedule()
+
+    # -- membership and leadership ----------------------------------------------------
+
+    async def _admin(self, conn: ClientConn, req_id: Any, op: int, body: Any) -> None:
+        try:
+            if self.raw.raft.role is not Role.LEADER:
+                self._not_leader(conn, req_id)
+                return
+            if op == OP_TRANSFER:
+                result: Any = await self.transfer(int(body or 0))
+            elif op == OP_MEMBER_ADD:
+                node, addr, learner_only = body
+                result = await self.member_add(int(node), str(addr), bool(learner_only))
+            else:
+                result = await self.member_remove(int(body))
+            conn.reply(req_id, OK, result)
+        except ProposalDropped as e:
+            self._error(conn, req_id, ERR_NOT_LEADER, [e.leader, self.members.get(e.leader)])
+        except (ConfChangeError, _Refused) as e:
+            self._error(conn, req_id, ERR_MEMBERSHIP, str(e))
+        except TimeoutError:
+            self._error(conn, req_id, ERR_TIMEOUT, "the change did not finish in time")
+        except (TypeError, ValueError) as e:
+            self._error(conn, req_id, ERR_BAD_REQUEST, f"bad arguments: {e}")
+        finally:
+            if conn in self.dirty or conn.out:
+                self._schedule()
+
+    async def _until_applied(self, index: int, timeout: float) -> None:
+        if self.kv.applied_index() >= index:
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.apply_waiters.append(_Waiter(index, fut))
+        await asyncio.wait_for(fut, timeout)
+
+    async def _conf_change(self, cc: ConfChange, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.raw.raft.role is not Role.LEADER:
+                raise ProposalDropped("lost leadership", int(self.raw.raft.lead))
+            try:
+                index = self.raw.propose_conf_change(cc)
+                break
+            except ProposalDropped as e:
+                if "not applied yet" not in str(e) and "transfer" not in str(e):
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError from None
+                await asyncio.sleep(self.cfg.tick_ms / 1000)
+        self._schedule()
+        await self._until_applied(int(index), max(0.1, deadline - time.monotonic()))
+        # Leaving the joint configuration is proposed by the core itself once applied.
+        while self.raw.raft.trk.conf.joint:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(self.cfg.tick_ms / 1000)
+
+    def members_list(self) -> list[dict[str, Any]]:
+        conf = self.raw.raft.trk.conf
+        ids = set(conf.voters) | set(conf.learners) | set(conf.voters_outgoing)
+        return [
+            {"id": int(i), "addr": self.members.get(int(i)), "voter": i in conf.voters}
+            for i in sorted(ids)
+        ]
+
+    async def member_add(self, node: int, addr: str, learner_only: bool) -> list[dict[str, Any]]:
+        parse_address(addr)
+        conf = self.raw.raft.trk.conf
+        timeout = max(30.0, self.cfg.request_timeout_s)
+        if node in conf.voters:
+            raise _Refused(f"node {node} is already a voter")
+        ctx = json.dumps({str(node): addr})
+        if node not in conf.learners:
+            self.learn_address(node, addr)
+            cc = ConfChange((Change(ChangeType.ADD_LEARNER, NodeId(node)),), context=ctx)
+            await self._conf_change(cc, timeout)
+        if learner_only:
+            return self.members_list()
+        # Promote once it has caught up: a voter that cannot vote yet would only make
+        # the quorum harder to reach.
+        deadline = time.monotonic() + 10 * timeout
+        while True:
+            if self.raw.raft.role is not Role.LEADER:
+                raise ProposalDropped("lost leadership", int(self.raw.raft.lead))
+            pr = self.raw.raft.trk.progress.get(NodeId(node))
+            if pr is not None and pr.match + 100 >= self.raw.raft.log.last_index():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(self.cfg.tick_ms / 1000)
+        cc = ConfChange((Change(ChangeType.ADD_VOTER, NodeId(node)),), context=ctx)
+        await self._conf_change(cc, timeout)
+        return self.members_list()
+
+    async def member_remove(self, node: int) -> list[dict[str, Any]]:
+        conf = self.raw.raft.trk.conf
+        if node not in conf.voters and node not in conf.learners:
+            raise _Refused(f"node {node} is not a member")
+        if node == self.node_id:
+            others = [v for v in conf.voters if v != node]
+            if not others:
+                raise _Refused("cannot remove the last voter")
+            await self.transfer(0)
+            raise ProposalDropped("leadership moved before removing this node",
+                                  int(self.raw.raft.lead))  # fmt: skip
+        cc = ConfChange((Change(ChangeType.REMOVE, NodeId(node)),))
+        await self._conf_change(cc, max(30.0, self.cfg.request_timeout_s))
+        return self.members_list()
+
+    def _best_follower(self) -> int:
+        r = self.raw.raft
+        best, best_match = 0, -1
+        for nid, pr in r.trk.progress.items():
+            if nid == r.id or pr.is_learner or nid not in r.trk.conf.voters:
+                continue
+            if pr.match > best_match:
+                best, best_match = int(nid), int(pr.match)
+        return best
+
+    async def transfer(self, to: int) -> dict[str, Any]:
+        target = to or self._best_follower()
+        if not target:
+            raise _Refused("no other voter to transfer leadership to")
+        if target == self.node_id:
+            return {"leader": self.node_id}
+        self.raw.transfer_leader(NodeId(target))
+        self._schedule()
+        deadline = time.monotonic() + 2 * self.cfg.election_timeout_s + 1
+        while self.raw.raft.role is Role.LEADER and time.monotonic() < deadline:
+            fut: asyncio.Future[None] = self.loop.create_future()
+            self.role_waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        if self.raw.raft.role is Role.LEADER:
+            raise TimeoutError
+        return {"leader": int(self.raw.raft.lead)}
+
+    # -- inspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        r = self.raw.raft
+        lead = int(r.lead)
+        progress = {}
+        if r.role is Role.LEADER:
+            for nid, pr in sorted(r.trk.progress.items()):
+                progress[str(int(nid))] = {
+                    "match": int(pr.match),
+                    "next": int(pr.next),
+                    "state": pr.state.name.lower(),
+                    "learner": pr.is_learner,
+                    "active": bool(pr.recent_active) or nid == r.id,
+                }
+        return {
+            "id": self.node_id,
+            "cluster_id": f"{self.cluster:016x}",
+            "version": _version(),
+            "role": r.role.value.replace("-", "_"),
+            "term": int(r.term),
+            "leader": lead,
+            "leader_addr": self.members.get(lead),
+            "commit": int(r.log.committed),
+            "applied": self.kv.applied_index(),
+            "last_index": int(r.log.last_index()),
+            "snapshot_index": self.snapshot_index,
+            "revision": self.kv.revision(),
+            "compacted_revision": self.kv.compacted_revision(),
+            "members": self.members_list(),
+            "progress": progress,
+            "pending_proposals": len(self.waiting) + len(self.writes),
+            "db_bytes": _db_bytes(self.kv),
+            "http": self.cfg.http or None,
+            "listen": self.cfg.listen,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "stopping": self.stopping,
+        }
+
+    def health(self) -> tuple[bool, str]:
+        if self.fatal is not None:
+            return False, f"storage failed: {self.fatal}"
+        if self.stopping:
+            return False, "stopping"
+        r = self.raw.raft
+        if r.lead == NONE:
+            return False, "no leader known"
+        lag = int(r.log.committed) - self.kv.applied_index()
+        if lag > 1000:
+            return False, f"applying: {lag} committed entries not yet applied"
+        return True, f"leader {int(r.lead)}, term {int(r.term)}"
+
+    def _gauges(self) -> dict[str, float]:
+        r = self.raw.raft
+        return {
+            "term": float(r.term),
+            "is_leader": float(r.role is Role.LEADER),
+            "commit_index": float(r.log.committed),
+            "applied_index": float(self.kv.applied_index()),
+            "last_index": float(r.log.last_index()),
+            "pending_proposals": float(len(self.waiting)),
+            "members": float(len(r.trk.conf.voters)),
+            "db_bytes": float(_db_bytes(self.kv)),
+        }
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Graceful stop: hand leadership over, answer everyone, make everything durable."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.raw.raft.role is Role.LEADER and self._best_follower() and self.fatal is None:
+            try:
+                await self.transfer(0)
+                log.info("node %d handed leadership over before stopping", self.node_id)
+            except (TimeoutError, _Refused, ProposalDropped) as e:
+                log.warning("node %d stops without a leadership transfer: %s", self.node_id, e)
+        if self.server is not None:
+            self.server.close()
+        self._fail_everything(f"node {self.node_id} is stopping")
+        for task in self.snaps.sending.values():
+            task.cancel()
+        for link in self.links.values():
+            link.flush()
+            link.close()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        if self.fatal is None:
+            self.storage.sync()
+            self.kv.sync()
+        self.storage.close()
+        self.kv.close()
+
+
+class _Refused(Exception):
+    """A membership or leadership request that cannot be done as asked."""
+
+
+def _version() -> str:
+    try:
+        return version(_pkg)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _db_bytes(kv: MVCCStore) -> int:
+    try:
+        return int(kv.stats()["used_bytes"])
+    except Exception:
+        return 0
