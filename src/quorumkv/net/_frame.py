@@ -21,7 +21,12 @@ HEADER = _LEN.size
 
 
 class FrameError(Exception):
-    """The byte stream is not a sequence of valid frames; the connection must close."""
+    """The byte stream is not a sequence of valid frames; the connection must close.
+    ``frames`` holds the complete frames that came before the damage, in order."""
+
+    def __init__(self, message: str, frames: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.frames: list[bytes] = frames or []
 
 
 def pack(obj: object) -> bytes:
@@ -71,7 +76,8 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete frame bodies in ``data`` plus what was buffered; raises
-        ``FrameError`` for a length over the limit (the stream cannot be resynced)."""
+        ``FrameError`` for a length over the limit (the stream cannot be resynced),
+        carrying the frames before it."""
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -84,7 +90,8 @@ class FrameDecoder:
             if n > self.max_frame:
                 raise FrameError(
                     f"frame of {n} bytes is over the limit of {self.max_frame}; "
-                    + describe_garbage(bytes(buf[pos : pos + 16]))
+                    + describe_garbage(bytes(buf[pos : pos + 16])),
+                    out,
                 )
             if end - pos - HEADER < n:
                 break

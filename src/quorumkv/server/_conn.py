@@ -41,6 +41,7 @@ from quorumkv.net import (
     FrameError,
     accept,
     check_hello,
+    describe_garbage,
     encode,
     frame,
     pack,
@@ -51,6 +52,8 @@ from quorumkv.net import (
 log = logging.getLogger("quorumkv.server")
 
 _HIGH_WATER = 16 << 20
+_MAX_HELLO = 64 << 10
+_LINGER_S = 1.0
 
 
 class Host(Protocol):
@@ -69,13 +72,24 @@ class Host(Protocol):
     def mark_dirty(self, conn: ClientConn) -> None: ...
 
 
+def close_after(transport: asyncio.Transport, last: bytes) -> None:
+    """Send ``last``, then end our side and close a moment later. Closing at once with
+    unread input would make the kernel send a reset, which can destroy ``last`` before
+    the peer reads it; meanwhile whatever the peer still sends is discarded."""
+    transport.write(last)
+    if transport.can_write_eof():
+        transport.write_eof()
+    asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+
+
 class Inbound(asyncio.Protocol):
     """An accepted connection before (and, by delegation, after) its handshake."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(MAX_CLIENT_FRAME)
+        self.buf = bytearray()
+        self.refused = False
         self.delegate: _Kind | None = None
         self.peer = "?"
 
@@ -84,18 +98,30 @@ class Inbound(asyncio.Protocol):
         self.peer = str(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # draining what the peer still sends, so our refusal is not reset
         if self.delegate is not None:
-            self.delegate.data(data)
+            if not self.delegate.closed:
+                self.delegate.data(data)
             return
+        # Only the hello is framed here; the bytes after it belong to the delegate,
+        # whose own limits and errors apply to them.
+        self.buf += data
+        if len(self.buf) < HEADER:
+            return
+        (n,) = struct.unpack_from(">I", self.buf)
+        if n > _MAX_HELLO:
+            self._refuse(
+                f"a handshake of {n} bytes is over the limit of {_MAX_HELLO}; "
+                + describe_garbage(bytes(self.buf[:16]))
+            )
+            return
+        if len(self.buf) < HEADER + n:
+            return
+        first, rest = bytes(self.buf[HEADER : HEADER + n]), bytes(self.buf[HEADER + n :])
+        self.buf.clear()
         try:
-            frames = self.decoder.feed(data)
-        except FrameError as e:
-            self._refuse(str(e))
-            return
-        if not frames:
-            return
-        try:
-            hello = unpack(frames[0])
+            hello = unpack(first)
         except FrameError as e:
             self._refuse(str(e))
             return
@@ -104,7 +130,6 @@ class Inbound(asyncio.Protocol):
             self._refuse(why)
             return
         assert self.transport is not None
-        rest = b"".join(frame(f) for f in frames[1:]) + bytes(self.decoder._buf)
         if kind == KIND_CLIENT:
             self.delegate = ClientConn(self.host, self.transport)
         else:
@@ -123,9 +148,9 @@ class Inbound(asyncio.Protocol):
 
     def _refuse(self, why: str) -> None:
         log.warning("refused connection from %s: %s", self.peer, why)
+        self.refused = True
         if self.transport is not None:
-            self.transport.write(encode(refuse(ERR_PROTOCOL, why)))
-            self.transport.close()
+            close_after(self.transport, encode(refuse(ERR_PROTOCOL, why)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.delegate is not None:
@@ -181,10 +206,9 @@ class ClientConn(_Kind):
     def data(self, data: bytes) -> None:
         self.bytes_in += len(data)
         try:
-            frames = self.decoder.feed(data)
+            frames, err = self.decoder.feed(data), None
         except FrameError as e:
-            self.fail(str(e))
-            return
+            frames, err = e.frames, e
         host = self.host
         for f in frames:
             try:
@@ -193,6 +217,8 @@ class ClientConn(_Kind):
                 self.reply(None, ERR_BAD_REQUEST, "a request must be [req_id, op, body]")
                 continue
             host.client_request(self, req_id, op, body)
+        if err is not None:
+            self.fail(str(err))
 
     def reply(self, req_id: Any, code: int, body: Any) -> None:
         if self.closed:
@@ -231,14 +257,19 @@ class PeerConn(_Kind):
 
     def data(self, data: bytes) -> None:
         try:
-            frames = self.decoder.feed(data)
+            frames, err = self.decoder.feed(data), None
+        except FrameError as e:
+            frames, err = e.frames, e
+        try:
             for f in frames:
                 docs = unpack(f)
                 if not isinstance(docs, list):
                     raise FrameError("a peer frame must be a list of messages")
                 self.host.peer_messages(self.frm, docs, len(f))
         except FrameError as e:
-            self.fail(f"peer {self.frm}: {e}")
+            err = e
+        if err is not None:
+            self.fail(f"peer {self.frm}: {err}")
 
 
 class SnapConn(_Kind):

@@ -210,9 +210,20 @@ async def _read_head(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, b
     """
     total = 0
     request_line: bytes | None = None
+    first = await reader.read(1)
+    if not first:
+        return None
+    if not (first.isalpha() or first in b"\r\n"):
+        # A request line starts with a method token. Say so at once rather than wait
+        # for a line end that a binary client (our own protocol, TLS) never sends.
+        raise _BadRequest(
+            "not an HTTP request: this port serves /health, /status and /metrics; "
+            "quorumkv clients use the node's --listen address"
+        )
     while True:
         try:
-            line = await reader.readline()
+            line = first + await reader.readline()
+            first = b""
         except ValueError:  # one line over the stream limit
             raise _BadRequest("request head too large") from None
         total += len(line)

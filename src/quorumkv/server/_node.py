@@ -42,6 +42,7 @@ before its entry is applied, nor answer a linearizable read before its read inde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -866,16 +867,15 @@ class Node:
         self.raw.transfer_leader(NodeId(target))
         self._schedule()
         deadline = time.monotonic() + 2 * self.cfg.election_timeout_s + 1
-        while self.raw.raft.role is Role.LEADER and time.monotonic() < deadline:
+        # Wait until we have stepped down AND heard from the new leader.
+        while self.raw.raft.lead in (NONE, self.node_id) and time.monotonic() < deadline:
             fut: asyncio.Future[None] = self.loop.create_future()
             self.role_waiters.append(fut)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
-            except TimeoutError:
-                break
         if self.raw.raft.role is Role.LEADER:
             raise TimeoutError
-        return {"leader": int(self.raw.raft.lead)}
+        return {"leader": int(self.raw.raft.lead) or target}
 
     # -- inspection ------------------------------------------------------------------
 
@@ -912,6 +912,7 @@ class Node:
             "db_bytes": _db_bytes(self.kv),
             "http": self.cfg.http or None,
             "listen": self.cfg.listen,
+            "addr": self.cfg.listen,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "stopping": self.stopping,
         }
