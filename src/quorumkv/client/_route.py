@@ -1,0 +1,439 @@
+"""``Router``: the connections, routing and retry loop under ``AsyncClient``.
+
+Theory of operation
+-------------------
+The router keeps one *primary* connection (``_conn``), to the leader once it knows
+it, and sends every request there, pipelined. Routing is a small state: the addresses
+it may dial (``_addrs``: the endpoints given, then leader addresses learned from
+redirects and member addresses from statuses), a rotation index into them, and a
+leader hint (``_leader_addr``). With no usable primary, one dial task (``_dialing``)
+connects to the hint if there is one, else to the next address in rotation; every
+caller that needs a connection waits for that same dial. An answer ERR_NOT_LEADER
+naming a leader sets the hint and retires the primary (its requests in flight finish
+there); the retry dials the leader at once. Unavailability, shutdown and lost
+connections drop the primary and clear the hint, so the next dial rotates. A node of
+another cluster than the first one reached is refused (``ProtocolError``).
+
+``_call`` is the retry loop of one request (the table in ``_policy``): it runs until an
+answer that settles the request or the request's deadline, whose error is that of the
+last failure. Writes are exactly-once across those retries: ``_write`` takes a session
+lane (``_lanes``) and every try sends the same ``(client, seq)`` command. Operations
+that the state machine cannot deduplicate (membership changes, leader transfer) pass
+``idempotent=False``: they are retried only when the answer proves nothing was done,
+and raise ``RequestTimeoutError`` at once when a try's outcome is unknown rather than
+risk doing the work twice.
+
+The hot path, a request on an open primary, is one future, one deadline entry and one
+frame: no task, no timer handle, no lock, no log line. Tasks exist only for dials and
+are tracked in ``_tasks``. ``close`` cancels them, aborts every connection (so each
+request in flight fails with a ``ClientError`` saying the client was closed) and wakes
+every backoff; afterwards nothing of the router is left running.
+
+The router binds to the event loop of its first call and must be used from that loop
+only. It never builds a request or interprets a result (``_aio`` does), never
+installs an event loop policy and never logs on success; it logs at DEBUG level when
+it redirects, drops a connection or fails to dial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from quorumkv.client._conn import Connection, ConnectionLost, Expired, Unreachable, open_connection
+from quorumkv.client._lanes import Lanes
+from quorumkv.client._policy import (
+    MAX_IMMEDIATE_REDIRECTS,
+    Failure,
+    Kind,
+    give_up,
+    message,
+    next_delay,
+    parse_not_leader,
+    terminal_error,
+)
+from quorumkv.client._requests import decode, expect, expect_dict, parse_endpoints
+from quorumkv.errors import (
+    ClientError,
+    MalformedRequestError,
+    NotLeaderError,
+    ProtocolError,
+    RequestTimeoutError,
+    TooManyRequestsError,
+    UnavailableError,
+)
+from quorumkv.kv import Command, RangeRequest, RangeResponse, Request, Result, encode_command
+from quorumkv.net import (
+    ERR_NOT_LEADER,
+    ERR_SHUTTING_DOWN,
+    ERR_TIMEOUT,
+    ERR_TOO_MANY,
+    ERR_UNAVAILABLE,
+    OK,
+    OP_READ,
+    OP_STATUS,
+    OP_WRITE,
+    parse_address,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _closed_error() -> ClientError:
+    return ClientError(
+        "the client was closed while the request was in flight "
+        "(a write may or may not have been applied)"
+    )
+
+
+class Router:
+    """Connections to the nodes of one cluster, and requests routed over them with
+    retries (see the module docstring). ``AsyncClient`` is its public face."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        if not timeout > 0 or not connect_timeout > 0:
+            raise ValueError(f"timeouts must be positive, not {timeout!r}, {connect_timeout!r}")
+        self._endpoints = parse_endpoints(endpoints)
+        self._timeout = float(timeout)
+        self._connect_timeout = float(connect_timeout)
+        self._addrs = list(self._endpoints)
+        self._next = 0
+        self._leader_addr: str | None = None
+        self._cluster = 0
+        self._lanes = Lanes()
+        self._rng = random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._closed = False
+        self._conn: Connection | None = None
+        self._conns: set[Connection] = set()
+        self._dialing: asyncio.Task[Connection] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The endpoints given, then addresses learned from redirects and statuses."""
+        return list(self._addrs)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every connection. Calls in flight fail with ``ClientError``; later calls
+        raise it at once. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        conns = list(self._conns)
+        self._conns.clear()
+        self._conn = None
+        for conn in conns:
+            conn.abort(_closed_error)
+        if tasks:
+            await asyncio.wait(tasks)
+        for conn in conns:
+            await conn.wait_closed()
+
+    # -- the request path --------------------------------------------------------------------
+
+    async def _write(self, req: Request, timeout: float | None, what: str) -> tuple[Result, str]:
+        lanes = self._lanes
+        lane = lanes.take()
+        try:
+            body = encode_command(Command(lane.client, lane.seq, req))
+            answer, addr = await self._call(OP_WRITE, body, timeout, what)
+        finally:
+            lanes.give(lane)
+        return decode(answer, addr), addr
+
+    async def _read(
+        self, req: RangeRequest, serializable: bool, timeout: float | None, what: str
+    ) -> RangeResponse:
+        body = [encode_command(Command(0, 0, req)), bool(serializable)]
+        answer, addr = await self._call(OP_READ, body, timeout, what)
+        return expect(decode(answer, addr), RangeResponse, addr)
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                raise ClientError("this client belongs to another event loop; use one per loop")
+            self._loop = loop
+            self._closing = loop.create_future()
+        if self._closed:
+            raise ClientError("the client is closed")
+        return loop
+
+    def _budget(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else timeout
+
+    async def _call(
+        self, op: int, body: object, timeout: float | None, what: str, *, idempotent: bool = True
+    ) -> tuple[Any, str]:
+        """Send one request, retrying per ``_policy`` until an answer settles it or its
+        deadline passes. Returns the OK answer's body and the address that sent it.
+        ``idempotent`` False: raise at once when a try's outcome is unknown."""
+        loop = self._bind()
+        budget = self._budget(timeout)
+        deadline = loop.time() + budget
+        failure: Failure | None = None
+        tries = waits = redirects = 0
+        while True:
+            if self._closed:
+                raise _closed_error()
+            conn = self._conn
+            if conn is None or not conn.usable:
+                try:
+                    conn = await self._connect(deadline)
+                except Expired:
+                    raise give_up(what, failure, budget, tries) from None
+                except Unreachable as e:
+                    failure = Failure(Kind.UNAVAILABLE, str(e))
+                    await self._backoff(waits, deadline, what, failure, budget, tries)
+                    waits += 1
+                    continue
+            tries += 1
+            try:
+                code, answer = await conn.call(op, body, deadline)
+            except ConnectionLost as e:
+                self._drop(conn, str(e))
+                if e.sent and not idempotent:
+                    raise RequestTimeoutError(f"{what}: {e}; the outcome is unknown") from None
+                failure = Failure(Kind.UNAVAILABLE, str(e))
+                await self._backoff(waits, deadline, what, failure, budget, tries)
+                waits += 1
+                continue
+            except Expired:
+                raise RequestTimeoutError(
+                    f"{what}: no answer from {conn.addr} within {budget:g}s "
+                    f"(the outcome is unknown)"
+                ) from None
+            if code == OK:
+                return answer, conn.addr
+            if code == ERR_NOT_LEADER:
+                leader, addr = parse_not_leader(answer)
+                named = f"; it names node {leader} at {addr}" if leader else "; no leader known"
+                detail = f"{conn.addr} (node {conn.node}) is not the leader{named}"
+                failure = Failure(Kind.NOT_LEADER, detail, leader)
+                if addr is not None and addr != conn.addr:
+                    self._redirect(conn, addr)
+                    redirects += 1
+                    if redirects <= MAX_IMMEDIATE_REDIRECTS:
+                        continue
+                else:
+                    self._drop(conn, detail)
+            elif code in (ERR_UNAVAILABLE, ERR_SHUTTING_DOWN):
+                failure = Failure(Kind.UNAVAILABLE, f"{conn.addr}: {message(answer)}")
+                self._drop(conn, failure.detail)
+            elif code == ERR_TOO_MANY:
+                failure = Failure(Kind.TOO_MANY, f"{conn.addr}: {message(answer)}")
+            elif code == ERR_TIMEOUT:
+                detail = f"{conn.addr}: {message(answer)}"
+                if not idempotent:
+                    raise RequestTimeoutError(f"{what}: {detail} (the outcome is unknown)")
+                failure = Failure(Kind.TIMEOUT, detail)
+            else:
+                raise terminal_error(code, answer, conn.addr)
+            await self._backoff(waits, deadline, what, failure, budget, tries)
+            waits += 1
+
+    async def _backoff(
+        self,
+        waits: int,
+        deadline: float,
+        what: str,
+        failure: Failure,
+        budget: float,
+        tries: int,
+    ) -> None:
+        """Wait before the next try, or raise the give-up error if there is no time
+        left for one (``_policy.next_delay``)."""
+        assert self._loop is not None and self._closing is not None
+        delay = next_delay(waits, self._rng, deadline - self._loop.time())
+        if delay is None:
+            raise give_up(what, failure, budget, tries)
+        await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep, but raise the closed error as soon as the client is closed."""
+        assert self._closing is not None
+        await asyncio.wait((self._closing,), timeout=delay)
+        if self._closed:
+            raise _closed_error()
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def _connect(self, deadline: float) -> Connection:
+        """The primary connection, dialled by the one shared dial task. Raises
+        ``Expired`` at the deadline, ``Unreachable`` or ``ProtocolError``."""
+        task = self._dialing
+        if task is None:
+            task = self._dialing = self._spawn(self._dial())
+        await self._wait(task, deadline)
+        error = task.exception()
+        if error is None:
+            return task.result()
+        # several callers may share this dial: each raises an exception of its own
+        if isinstance(error, Unreachable):
+            raise Unreachable(str(error))
+        if isinstance(error, ProtocolError):
+            raise ProtocolError(str(error))
+        raise error
+
+    async def _dial(self) -> Connection:
+        addr = self._leader_addr or self._rotate()
+        try:
+            try:
+                conn = await open_connection(addr, self._connect_timeout, self._lost)
+            except Unreachable as e:
+                log.debug("quorumkv client: cannot connect: %s", e)
+                if self._leader_addr == addr:
+                    self._leader_addr = None
+                raise
+            if self._cluster and conn.cluster and conn.cluster != self._cluster:
+                conn.close()
+                raise ProtocolError(
+                    f"{addr} is a node of cluster {conn.cluster:016x}, but the client's "
+                    f"other nodes are of cluster {self._cluster:016x}: check the endpoints"
+                )
+            self._cluster = self._cluster or conn.cluster
+            self._conns.add(conn)
+            self._conn = conn
+            return conn
+        finally:
+            self._dialing = None
+
+    def _rotate(self) -> str:
+        addr = self._addrs[self._next % len(self._addrs)]
+        self._next += 1
+        return addr
+
+    def _redirect(self, conn: Connection, leader_addr: str) -> None:
+        """``conn``'s node named the leader at ``leader_addr``: route new work there."""
+        log.debug("quorumkv client: %s redirects to the leader at %s", conn.addr, leader_addr)
+        self._leader_addr = leader_addr
+        if leader_addr not in self._addrs:
+            self._addrs.append(leader_addr)
+        if self._conn is conn:
+            self._conn = None
+            conn.retire()
+
+    def _drop(self, conn: Connection, reason: str) -> None:
+        """Stop routing to ``conn``'s node; the next dial rotates to another."""
+        log.debug("quorumkv client: leaving %s: %s", conn.addr, reason)
+        if self._leader_addr == conn.addr:
+            self._leader_addr = None
+        if self._conn is conn:
+            self._conn = None
+        conn.retire()
+
+    def _learn(self, status: dict[str, Any]) -> None:
+        """Add the members' addresses in a status to those the client rotates through,
+        so that it can fail over to nodes it was not given."""
+        members = status.get("members")
+        for member in members if isinstance(members, list) else ():
+            addr = member.get("addr") if isinstance(member, dict) else None
+            if isinstance(addr, str) and addr not in self._addrs:
+                try:
+                    parse_address(addr)
+                except ValueError:
+                    continue
+                self._addrs.append(addr)
+
+    def _lost(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+        if self._conn is conn:
+            self._conn = None
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here; whoever waits still gets it
+
+    async def _wait(self, task: asyncio.Task[Any], deadline: float) -> None:
+        """Wait until ``task`` is done; raises ``Expired`` at the deadline, and the
+        closed error if the client is closed meanwhile (``task`` is then cancelled)."""
+        assert self._loop is not None and self._closing is not None
+        remaining = deadline - self._loop.time()
+        if not task.done() and remaining > 0:
+            await asyncio.wait(
+                (task, self._closing), timeout=remaining, return_when="FIRST_COMPLETED"
+            )
+        if self._closed or task.cancelled():
+            raise _closed_error()
+        if not task.done():
+            raise Expired()
+
+    async def _status_of(self, endpoint: str, timeout: float | None) -> dict[str, Any]:
+        """One status request to ``endpoint``: on the primary connection if it goes
+        there, else on a connection of its own, closed afterwards. No retries."""
+        try:
+            parse_address(endpoint)
+        except (ValueError, AttributeError) as e:
+            raise MalformedRequestError(f"status endpoint: {e}") from None
+        loop = self._bind()
+        budget = self._budget(timeout)
+        deadline = loop.time() + budget
+        conn = self._conn
+        own = conn is None or not conn.usable or conn.addr != endpoint
+        if own:
+            dial = self._spawn(open_connection(endpoint, min(self._connect_timeout, budget)))
+            try:
+                await self._wait(dial, deadline)
+            except Expired:
+                dial.cancel()
+                raise UnavailableError(f"status of {endpoint}: no connection in time") from None
+            error = dial.exception()
+            if isinstance(error, Unreachable):
+                raise UnavailableError(str(error)) from None
+            conn = dial.result()
+            self._conns.add(conn)
+        assert conn is not None
+        try:
+            code, answer = await conn.call(OP_STATUS, None, deadline)
+        except ConnectionLost as e:
+            raise UnavailableError(f"status of {endpoint}: {e}") from None
+        except Expired:
+            raise RequestTimeoutError(
+                f"status of {endpoint}: no answer within {budget:g}s"
+            ) from None
+        finally:
+            if own:
+                self._conns.discard(conn)
+                conn.close()
+        if code == OK:
+            return expect_dict(answer, "a status", endpoint)
+        text = f"status of {endpoint}: {message(answer)}"
+        if code in (ERR_UNAVAILABLE, ERR_SHUTTING_DOWN):
+            raise UnavailableError(text)
+        if code == ERR_TOO_MANY:
+            raise TooManyRequestsError(text)
+        if code == ERR_TIMEOUT:
+            raise RequestTimeoutError(text)
+        if code == ERR_NOT_LEADER:
+            raise NotLeaderError(text, parse_not_leader(answer)[0])
+        raise terminal_error(code, answer, endpoint)
