@@ -1,116 +1,74 @@
 """``qkv``: the command-line tool. Thin: parse arguments, call the library, print.
 
-Errors print one line to stderr and exit non-zero. Today it runs the deterministic
-simulator (``qkv sim``); the node server and the client commands come with the server.
+=================  ==========================================================
+command            module
+=================  ==========================================================
+sim                ``_sim``: the deterministic simulator
+up, server         ``_up``: a local cluster in the foreground; one node
+put get del range  ``_kv``: key-value commands through ``quorumkv.Client``
+txn                ``_kv`` and ``_txn`` (its compact ``--if/--then/--else`` syntax)
+status member      ``_admin``: the cluster's status table, membership, leadership
+leader
+=================  ==========================================================
+
+``_render`` turns answers into text; ``_common`` holds the parser class and the client
+options every command shares (``--endpoints``, default ``$QKV_ENDPOINTS`` or the
+``qkv up`` addresses, and ``--timeout``).
+
+Errors never show a traceback: a usage error prints ``qkv: error: ...`` and exits 2;
+a ``QuorumKVError`` or ``OSError`` prints one such line and exits 1; Ctrl-C exits 130.
+The CLI never imports the server except to run ``qkv server``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Any
 
-from tqdm import tqdm
+from quorumkv.cli import _admin, _kv, _sim, _up
+from quorumkv.cli._common import ArgumentParser, UsageError, client_options, fail, one_line
+from quorumkv.cli._sim import replay_command
+from quorumkv.cli._sim import sim_overrides as _sim_overrides
+from quorumkv.errors import QuorumKVError
+from quorumkv.sim import run_many
 
-from quorumkv.sim import FAULT_KINDS, SimResult, run_many, run_seed
-
-
-def _sim_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if args.nodes:
-        out["nodes"] = args.nodes
-    if args.duration_ms:
-        out["duration_us"] = args.duration_ms * 1000
-    if args.lease_reads:
-        out["lease_reads"] = True
-    if args.faults:
-        kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
-        unknown = set(kinds) - set(FAULT_KINDS)
-        if unknown:
-            raise SystemExit(f"qkv sim: unknown fault kinds {sorted(unknown)}; know {FAULT_KINDS}")
-        out["faults"] = kinds
-    return out
-
-
-def replay_command(seed: int, overrides: dict[str, Any]) -> str:
-    """The ``qkv sim`` command line that replays ``seed`` under the same overrides."""
-    flags = [f"qkv sim --seed {seed} --trace"]
-    if "nodes" in overrides:
-        flags.append(f"--nodes {overrides['nodes']}")
-    if "duration_us" in overrides:
-        flags.append(f"--duration-ms {overrides['duration_us'] // 1000}")
-    if overrides.get("lease_reads"):
-        flags.append("--lease-reads")
-    if "faults" in overrides:
-        flags.append(f"--faults {','.join(overrides['faults'])}")
-    return " ".join(flags)
+# The simulator's names stay importable from here: tests patch ``run_many`` in place.
+__all__ = ["_sim_overrides", "build_parser", "main", "replay_command", "run_many"]
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    overrides = _sim_overrides(args)
-    if args.seed is not None:
-        r = run_seed(args.seed, trace=args.trace, **overrides)
-        if args.trace:
-            print("\n".join(r.trace))
-        print(
-            f"seed {r.seed}: steps {r.steps}, faults {r.faults}, "
-            f"operations {r.ops} ({r.ops_ok} acknowledged)"
-        )
-        if r.violation:
-            print(f"VIOLATION: {r.violation}", file=sys.stderr)
-            return 1
-        print("no violations")
-        return 0
-
-    bar = tqdm(total=args.seeds, unit="seed", disable=args.quiet, file=sys.stderr)
-
-    def progress(r: SimResult) -> None:
-        bar.update(1)
-        if r.violation:
-            tqdm.write(f"seed {r.seed}: {r.violation.splitlines()[0]}", file=sys.stderr)
-
-    summary = run_many(args.first_seed, args.seeds, args.workers, overrides, progress)
-    bar.close()
-    for r in summary.failures:
-        print(f"seed {r.seed} failed: {r.violation}")
-        print(f"  replay: {replay_command(r.seed, overrides)}")
-    print(f"operations: {summary.ops} ({summary.ops_ok} acknowledged), {summary.election_line()}")
-    print(summary.line())
-    return 1 if summary.failures else 0
+    # ``run_many`` is looked up here, in the package, so tests can patch it.
+    return _sim.cmd_sim(args, run_many)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qkv", description="quorumkv command-line tool")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser(
-        "sim",
-        help="run the deterministic cluster simulator",
-        description="Run whole simulated clusters under random faults, one seed each, "
-        "checking Raft's safety properties and the linearizability of client histories.",
-    )
-    s.add_argument("--seeds", type=int, default=200, help="how many seeds (default 200)")
-    s.add_argument("--first-seed", type=int, default=1, help="first seed (default 1)")
-    s.add_argument("--seed", type=int, help="run this one seed only")
-    s.add_argument("--trace", action="store_true", help="with --seed: print the event trace")
-    s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
-    s.add_argument("--nodes", type=int, choices=(3, 5), help="cluster size (default: by seed)")
-    s.add_argument("--duration-ms", type=int, help="virtual time with faults (default 3000)")
-    s.add_argument("--lease-reads", action="store_true", help="serve reads by leader lease")
-    s.add_argument("--faults", help=f"comma-separated subset of: {','.join(FAULT_KINDS)}")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_cmd_sim)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="qkv", description="quorumkv command-line tool")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _sim.register(sub, _cmd_sim)
+    _up.register(sub)
+    common = client_options()
+    _kv.register(sub, common)
+    _admin.register(sub, common)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["server"]:  # every further argument is the server's
+            return _up.run_server(argv[1:])
+        args = build_parser().parse_args(argv)
         rc: int = args.func(args)
+    except UsageError as e:
+        print(f"qkv: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("qkv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qkv range ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (QuorumKVError, OSError) as e:
+        return fail(one_line(e))
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

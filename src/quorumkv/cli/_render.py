@@ -1,0 +1,156 @@
+"""How ``qkv`` shows things: tables, the cluster status, key-values, txn answers.
+
+Pure functions from data to lines of text; they never print and never talk to a node,
+so every rendering is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from quorumkv.cli._common import show
+from quorumkv.kv import (
+    DeleteRangeResponse,
+    KeyValue,
+    OpResponse,
+    PutResponse,
+    RangeResponse,
+    TxnResponse,
+)
+
+STATUS_HEADERS = ("ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "HEALTH")
+"""``LAG``: how far the node's applied index is behind the leader's commit index."""
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Columns padded to their widest cell, two spaces apart; the last is not padded."""
+    cells = [[str(c) for c in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + row[-1:]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def status_rows(
+    statuses: Sequence[Mapping[str, Any]], health: Mapping[int, tuple[bool, str]] | None = None
+) -> list[list[object]]:
+    """One row per member for ``STATUS_HEADERS``.
+
+    ``statuses`` are ``Client.cluster_status()`` dicts (an unreachable member is
+    ``{"id", "addr", "error"}``); ``health`` maps a node id to what its ``/health``
+    said. The lag is measured against the commit index of the leader of the highest
+    term seen; a non-voting member shows as ``learner``.
+    """
+    health = health or {}
+    leaders = [s for s in statuses if "error" not in s and s.get("role") == "leader"]
+    leader = max(leaders, key=lambda s: int(s.get("term", 0)), default=None)
+    leader_commit = None if leader is None else int(leader.get("commit", 0))
+    learners = _learners(statuses)
+    rows: list[list[object]] = []
+    for s in sorted(statuses, key=lambda s: int(s.get("id", 0))):
+        node, addr = int(s.get("id", 0)), s.get("addr") or s.get("listen")
+        if "error" in s:
+            rows.append([node, addr, "unreachable", *[None] * 5, s["error"]])
+            continue
+        role = str(s.get("role", "?"))
+        if node in learners and role == "follower":
+            role = "learner"
+        applied = int(s.get("applied", 0))
+        lag = None if leader_commit is None else max(0, leader_commit - applied)
+        ok, reason = health.get(node, (None, ""))
+        if ok is None:
+            verdict = "-"
+        else:
+            verdict = "healthy" if ok else f"unhealthy: {reason}"
+        rows.append(
+            [
+                node,
+                addr,
+                role,
+                s.get("term"),
+                s.get("leader") or "none",
+                s.get("commit"),
+                applied,
+                lag,
+                verdict,
+            ]
+        )
+    return rows
+
+
+def _learners(statuses: Sequence[Mapping[str, Any]]) -> set[int]:
+    """Non-voting member ids, by the members list of the first status that has one
+    (the leader's, if it answered)."""
+    ordered = sorted(statuses, key=lambda s: s.get("role") != "leader")
+    for s in ordered:
+        members = s.get("members")
+        if isinstance(members, list) and members:
+            return {int(m["id"]) for m in members if isinstance(m, dict) and not m.get("voter")}
+    return set()
+
+
+def members_table(members: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        [m.get("id"), m.get("addr"), "voter" if m.get("voter", True) else "learner"]
+        for m in sorted(members, key=lambda m: int(m.get("id", 0)))
+    ]
+    return table(("ID", "ADDRESS", "ROLE"), rows)
+
+
+def kv_lines(kvs: Iterable[KeyValue], *, keys_only: bool = False) -> list[str]:
+    """etcdctl's layout: a key line, then its value line (unless ``keys_only``)."""
+    lines: list[str] = []
+    for kv in kvs:
+        lines.append(show(kv.key))
+        if not keys_only:
+            lines.append(show(kv.value))
+    return lines
+
+
+def kv_json(kv: KeyValue) -> dict[str, Any]:
+    """A key-value as JSON: ``key`` and ``value`` as text when they are UTF-8, else
+    ``key_base64`` / ``value_base64`` instead; then the revisions, version and lease."""
+    doc: dict[str, Any] = {}
+    for name, data in (("key", kv.key), ("value", kv.value)):
+        try:
+            doc[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            doc[f"{name}_base64"] = base64.b64encode(data).decode("ascii")
+    doc.update(
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        lease=kv.lease,
+    )
+    return doc
+
+
+def txn_lines(resp: TxnResponse) -> list[str]:
+    """``SUCCESS`` or ``FAILURE`` (which branch ran), then each operation's answer:
+    ``OK`` for a put, the key and value lines of a get, the count a del deleted."""
+    lines = ["SUCCESS" if resp.succeeded else "FAILURE"]
+    for r in resp.responses:
+        lines.extend(op_lines(r))
+    return lines
+
+
+def op_lines(resp: OpResponse) -> list[str]:
+    if isinstance(resp, PutResponse):
+        return ["OK"]
+    if isinstance(resp, RangeResponse):
+        return kv_lines(resp.kvs)
+    if isinstance(resp, DeleteRangeResponse):
+        return [str(resp.deleted)]
+    return txn_lines(resp)

@@ -1,0 +1,61 @@
+"""``quorumkv.raft``: the seed request's example, run for real, and its JSON encoding."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quorumkv import raft
+
+SEED_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed_raft.py"
+
+
+def test_the_seed_example_runs_and_prints_the_record() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SEED_EXAMPLE)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "{'name': 'Alice', 'age': 30}\n"
+
+
+def test_values_are_compact_utf8_json() -> None:
+    assert raft.encode_value("k", {"name": "Zoë", "tags": [1, None]}) == (
+        '{"name":"Zoë","tags":[1,null]}'.encode()
+    )
+    assert raft.decode_value("k", '[1,"é"]'.encode()) == [1, "é"]
+
+
+@pytest.mark.parametrize(
+    "value", [{1, 2}, b"raw", object(), math.nan, math.inf, {"nested": {"x": 1j}}]
+)
+def test_a_value_json_cannot_encode_is_a_type_error_naming_the_key(value: object) -> None:
+    with pytest.raises(TypeError, match=r"cannot store the value for key 'user:7'.*not JSON"):
+        raft.encode_value("user:7", value)
+
+
+def test_a_circular_value_is_a_type_error_too() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(TypeError, match="key 'a'"):
+        raft.encode_value("a", loop)
+
+
+@pytest.mark.parametrize("data", [b"world", b"\xff\xfe", b'{"a":'])
+def test_stored_bytes_that_are_not_json_are_a_value_error_naming_the_key(data: bytes) -> None:
+    with pytest.raises(ValueError, match="the value of key 'k' is not UTF-8 JSON"):
+        raft.decode_value("k", data)
+
+
+def test_a_cluster_must_be_started_before_use() -> None:
+    cluster = raft.Cluster(nodes=3)
+    with pytest.raises(RuntimeError, match="call start"):
+        cluster.update_data("k", 1)
+    cluster.stop()  # stopping what never started is fine
