@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from quorumkv.kv import Command, MVCCStore, PutRequest, encode_command
 from quorumkv.consensus import (
     ConfState,
     Entry,
@@ -38,6 +37,7 @@ from quorumkv.consensus import (
     SnapshotMeta,
     Term,
 )
+from quorumkv.kv import Command, MVCCStore, PutRequest, encode_command
 from quorumkv.storage import NodeStorage, OSFileSystem
 
 GROUP = GroupId(1)

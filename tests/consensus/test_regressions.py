@@ -7,7 +7,6 @@ from typing import Any, cast
 
 import pytest
 
-from quorumkv.errors import ConfChangeError, MessageRejected
 from quorumkv.consensus import (
     Change,
     ChangeType,
@@ -30,6 +29,7 @@ from quorumkv.consensus import (
 )
 from quorumkv.consensus._confchange import decode_conf_change, encode_conf_change
 from quorumkv.consensus._log import RaftLog
+from quorumkv.errors import ConfChangeError, MessageRejected
 
 
 def test_snapshot_between_ready_and_advance_wins_over_stale_conf_change() -> None:

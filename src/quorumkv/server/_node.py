@@ -53,7 +53,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from quorumkv import __name__ as _pkg
 from quorumkv.consensus import (
     NONE,
     Change,
@@ -849,16 +848,19 @@ class Node:
         return self.members_list()
 
     def _best_follower(self) -> int:
+        """The voter to hand leadership to: the most caught-up one, preferring those
+        heard from lately (check-quorum's activity flags)."""
         r = self.raw.raft
-        best, best_match = 0, -1
+        best, best_key = 0, (False, -1)
         for nid, pr in r.trk.progress.items():
             if nid == r.id or pr.is_learner or nid not in r.trk.conf.voters:
                 continue
-            if pr.match > best_match:
-                best, best_match = int(nid), int(pr.match)
+            key = (bool(pr.recent_active), int(pr.match))
+            if key > best_key:
+                best, best_key = int(nid), key
         return best
 
-    async def transfer(self, to: int) -> dict[str, Any]:
+    async def transfer(self, to: int, wait_s: float | None = None) -> dict[str, Any]:
         target = to or self._best_follower()
         if not target:
             raise _Refused("no other voter to transfer leadership to")
@@ -866,7 +868,9 @@ class Node:
             return {"leader": self.node_id}
         self.raw.transfer_leader(NodeId(target))
         self._schedule()
-        deadline = time.monotonic() + 2 * self.cfg.election_timeout_s + 1
+        if wait_s is None:
+            wait_s = 2 * self.cfg.election_timeout_s + 1
+        deadline = time.monotonic() + wait_s
         # Wait until we have stepped down AND heard from the new leader.
         while self.raw.raft.lead in (NONE, self.node_id) and time.monotonic() < deadline:
             fut: asyncio.Future[None] = self.loop.create_future()
@@ -952,7 +956,9 @@ class Node:
         self.stopping = True
         if self.raw.raft.role is Role.LEADER and self._best_follower() and self.fatal is None:
             try:
-                await self.transfer(0)
+                # The core gives a transfer one election timeout; so do we, since the
+                # whole cluster may be stopping at once.
+                await self.transfer(0, self.cfg.election_timeout_s)
                 log.info("node %d handed leadership over before stopping", self.node_id)
             except (TimeoutError, _Refused, ProposalDropped) as e:
                 log.warning("node %d stops without a leadership transfer: %s", self.node_id, e)
@@ -979,7 +985,7 @@ class _Refused(Exception):
 
 def _version() -> str:
     try:
-        return version(_pkg)
+        return version("quorumkv")
     except PackageNotFoundError:
         return "unknown"
 

@@ -27,9 +27,9 @@ index, so the trace ends where things went wrong. It never changes the cluster.
 
 from __future__ import annotations
 
-from quorumkv.errors import SimulationError
 from quorumkv.consensus import Entry, EntryType, Ready, Term, describe_entry
 from quorumkv.consensus._log import RaftLog
+from quorumkv.errors import SimulationError
 
 _Content = tuple[EntryType, bytes]
 

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quorumkv.errors import ProposalDropped, SimulationError
 from quorumkv.consensus import (
     NONE,
     Change,
@@ -55,6 +54,7 @@ from quorumkv.consensus import (
     bootstrap_state,
     describe_message,
 )
+from quorumkv.errors import ProposalDropped, SimulationError
 
 from ._checks import SafetyChecker
 from ._disk import StorageDisk
