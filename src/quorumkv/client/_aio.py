@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from quorumkv.client._policy import next_delay
+from quorumkv.client._policy import ELECTION_BACKOFF_MAX, next_delay
 from quorumkv.client._requests import (
     Data,
     cas_request,
@@ -307,7 +307,7 @@ class AsyncClient(Router):
         # one: ask until some node knows the leader (status() also routes to it).
         waits = 0
         while not leader:
-            delay = next_delay(waits, self._rng, deadline - loop.time())
+            delay = next_delay(waits, self._rng, deadline - loop.time(), ELECTION_BACKOFF_MAX)
             if delay is None:
                 return 0
             await self._sleep(delay)

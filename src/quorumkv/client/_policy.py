@@ -21,10 +21,11 @@ no answer in time   (none: the deadline has passed)
 
 The error raised at the deadline is the one of the *last* failure; a call gives up
 early when its next try could not start with ``BACKOFF_MIN`` still left. Backoffs grow
-exponentially from ``BACKOFF_MIN`` to ``BACKOFF_MAX`` with jitter (each delay drawn
-from its upper half), so that the clients of a cluster that just lost its leader do not
-return in step. The other codes can never succeed on a retry: ``terminal_error`` turns
-them into the error the caller gets at once.
+exponentially from ``BACKOFF_MIN`` to ``BACKOFF_MAX`` (to ``ELECTION_BACKOFF_MAX`` while
+no leader is reachable), with jitter (each delay drawn from its upper half) so that the
+clients of a cluster that just lost its leader do not return in step. The other codes
+can never succeed on a retry: ``terminal_error`` turns them into the error the caller
+gets at once.
 
 This module is pure: no I/O, no clock, no global random (the caller passes its RNG).
 """
@@ -51,24 +52,39 @@ from quorumkv.net import ERR_BAD_REQUEST, ERR_MEMBERSHIP, ERR_PROTOCOL
 BACKOFF_MIN = 0.02
 """Seconds before the first retry that waits."""
 BACKOFF_MAX = 1.0
-"""The longest wait between two tries."""
+"""The longest wait between two tries of an overloaded or slow cluster."""
+ELECTION_BACKOFF_MAX = 0.1
+"""The longest wait while the cluster has no leader we can reach (an election, a dead
+leader): elections end within about an election timeout (0.5-1 s by default), and a
+client that then sleeps a long backoff adds it to the failover window it observes.
+Refusals in that state cost the nodes little, so clients look again every 100 ms."""
 MAX_IMMEDIATE_REDIRECTS = 3
 """Redirects followed at once within one call; later ones wait a backoff first, so two
 nodes that name each other as leader (stale views during an election) do not spin."""
 
 
-def backoff_delay(attempt: int, rng: random.Random) -> float:
+def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_MAX) -> float:
     """Seconds to wait before retry number ``attempt`` (0-based) of one call."""
-    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * (1 << min(attempt, 16)))
+    ceiling = min(cap, BACKOFF_MIN * (1 << min(attempt, 16)))
     return rng.uniform(ceiling / 2, ceiling)
 
 
-def next_delay(attempt: int, rng: random.Random, remaining: float) -> float | None:
+def backoff_cap(kind: Kind | None) -> float:
+    """How long a wait may grow after a failure of ``kind``: short while the cluster
+    is between leaders, long when it is overloaded or slow."""
+    if kind in (Kind.NOT_LEADER, Kind.UNAVAILABLE, None):
+        return ELECTION_BACKOFF_MAX
+    return BACKOFF_MAX
+
+
+def next_delay(
+    attempt: int, rng: random.Random, remaining: float, cap: float = BACKOFF_MAX
+) -> float | None:
     """The backoff before retry number ``attempt``, or None when the deadline, due in
     ``remaining`` seconds, would leave less than ``BACKOFF_MIN`` for the try itself:
     a try started that late would most likely turn a clear failure into an unknown
     outcome, so the call gives up at once instead."""
-    delay = backoff_delay(attempt, rng)
+    delay = backoff_delay(attempt, rng, cap)
     return delay if delay + BACKOFF_MIN < remaining else None
 
 

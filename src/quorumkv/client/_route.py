@@ -49,6 +49,7 @@ from quorumkv.client._policy import (
     MAX_IMMEDIATE_REDIRECTS,
     Failure,
     Kind,
+    backoff_cap,
     give_up,
     message,
     next_delay,
@@ -264,7 +265,8 @@ class Router:
         """Wait before the next try, or raise the give-up error if there is no time
         left for one (``_policy.next_delay``)."""
         assert self._loop is not None and self._closing is not None
-        delay = next_delay(waits, self._rng, deadline - self._loop.time())
+        cap = backoff_cap(failure.kind)
+        delay = next_delay(waits, self._rng, deadline - self._loop.time(), cap)
         if delay is None:
             raise give_up(what, failure, budget, tries)
         await self._sleep(delay)
