@@ -23,7 +23,7 @@ from quorumkv.consensus import (
     Term,
 )
 from quorumkv.net import pack, unpack
-from quorumkv.server._codec import decode_message, encode_message
+from quorumkv.server._codec import EntryCache, decode_message, encode_message
 
 u = st.integers(0, 2**40)
 entries = st.builds(
@@ -78,9 +78,11 @@ def _good() -> list[Any]:
         lambda d: [d[0], "1", *d[2:]],
         lambda d: [*d[:8], 1, *d[9:]],  # reject must be a bool
         lambda d: [*d[:10], "ctx", *d[11:]],
-        lambda d: [*d[:11], [[1, 2, 3]], d[12]],
-        lambda d: [*d[:11], [[1, 2, 99, b""]], d[12]],
+        lambda d: [*d[:11], pack([[1, 2, 3]]), d[12]],
+        lambda d: [*d[:11], pack([[1, 2, 99, b""]]), d[12]],
         lambda d: [*d[:11], 5, d[12]],
+        lambda d: [*d[:11], [[1, 2, 0, b""]], d[12]],  # entries must come packed
+        lambda d: [*d[:11], b"\xc1", d[12]],  # not msgpack
         lambda d: [*d[:12], [[1, 2, [1, 2, 3]], b""]],
         lambda d: [*d[:12], [[1, 2, [[], [], [], [], True]], "data"]],
     ],
@@ -88,3 +90,14 @@ def _good() -> list[Any]:
 def test_malformed_messages_are_rejected(mutate: Any) -> None:
     with pytest.raises(MessageRejected, match="malformed peer message"):
         decode_message(mutate(_good()))
+
+
+def test_entries_are_packed_once_per_batch() -> None:
+    ents = tuple(Entry(Term(2), Index(i), EntryType.NORMAL, b"x" * 10) for i in range(5, 9))
+    cache = EntryCache()
+    to2 = Message(MessageType.APP, GroupId(1), NodeId(1), NodeId(2), entries=ents)
+    to3 = Message(MessageType.APP, GroupId(1), NodeId(1), NodeId(3), entries=ents[:2])
+    a, b = encode_message(to2, cache), encode_message(to3, cache)
+    assert encode_message(to2, cache)[11] is a[11]  # the same bytes object, packed once
+    assert a[11] != b[11]  # a shorter slice is packed on its own
+    assert decode_message(a) == to2 and decode_message(b) == to3

@@ -1,9 +1,10 @@
 """Raft messages on the peer wire: compact msgpack lists, validated on the way in.
 
 A message is ``[type, group, frm, to, term, log_term, index, commit, reject,
-reject_hint, context, entries, snapshot]`` with entries as ``[term, index, type, data]``
-and a snapshot as ``[meta, data]`` (meta as the WAL encodes it). Trailing fields at
-their defaults could be trimmed later; the list keeps decoding one ``len`` check away.
+reject_hint, context, entries, snapshot]`` with a snapshot as ``[meta, data]`` (meta as
+the WAL encodes it). ``entries`` is msgpack *bytes* of a list of ``[term, index, type,
+data]``: a leader sends the same entries to every follower, so they are packed once per
+batch (``EntryCache``) and each follower's frame only copies the bytes.
 
 ``decode_message`` turns anything malformed into ``MessageRejected``, the error the core
 itself raises for a bad message, so the connection handler has one error to catch. It
@@ -27,12 +28,35 @@ from quorumkv.consensus import (
     Snapshot,
     Term,
 )
+from quorumkv.net import FrameError, pack, unpack
 from quorumkv.storage import decode_meta, encode_meta
 
 _FIELDS = 13
 
 
-def encode_message(m: Message) -> list[Any]:
+class EntryCache:
+    """Packed entry lists of one Ready, keyed by the entries' identity: the messages
+    of one batch to several followers usually carry the very same entry objects."""
+
+    __slots__ = ("_packed",)
+
+    def __init__(self) -> None:
+        self._packed: dict[tuple[int, int], bytes] = {}
+
+    def pack(self, entries: tuple[Entry, ...]) -> bytes:
+        key = (id(entries[0]), len(entries))
+        blob = self._packed.get(key)
+        if blob is None:
+            blob = pack([[e.term, e.index, e.type.value, e.data] for e in entries])
+            self._packed[key] = blob
+        return blob
+
+
+def encode_message(m: Message, cache: EntryCache | None = None) -> list[Any]:
+    if m.entries:
+        ents = (cache or EntryCache()).pack(m.entries)
+    else:
+        ents = b""
     snap = None
     if m.snapshot is not None:
         snap = [encode_meta(m.snapshot.meta), m.snapshot.data]
@@ -48,7 +72,7 @@ def encode_message(m: Message) -> list[Any]:
         m.reject,
         m.reject_hint,
         m.context,
-        [[e.term, e.index, e.type.value, e.data] for e in m.entries],
+        ents,
         snap,
     ]
 
@@ -73,7 +97,9 @@ def decode_message(doc: Any) -> Message:
                 raise TypeError(f"{name} must be a non-negative int")
         if not isinstance(reject, bool) or not isinstance(ctx, bytes):
             raise TypeError("reject must be a bool and context bytes")
-        entries = tuple(_entry(e) for e in ents)
+        if not isinstance(ents, bytes):
+            raise TypeError("entries must be packed bytes")
+        entries = tuple(_entry(e) for e in unpack(ents)) if ents else ()
         snapshot = None
         if snap is not None:
             meta, data = snap
@@ -97,7 +123,7 @@ def decode_message(doc: Any) -> Message:
         )
     except MessageRejected:
         raise
-    except (TypeError, ValueError, KeyError, IndexError) as e:
+    except (TypeError, ValueError, KeyError, IndexError, FrameError) as e:
         raise MessageRejected(f"malformed peer message: {e}") from None
 
 
