@@ -97,14 +97,17 @@ class NotLeaderError(ClientError):
 
 class UnavailableError(ClientError):
     """No endpoint could be reached, or the reachable ones have no leader (lost quorum),
-    until the deadline. Nothing was applied by the attempts that got this answer, but an
-    earlier attempt of the same request may have been; retrying with the same client is
-    safe (writes are exactly-once within a client)."""
+    until the deadline. The attempts that got this answer applied nothing; if an earlier
+    attempt of the same call was answered "outcome unknown", the call raises
+    ``RequestTimeoutError`` instead. Retrying later can help."""
 
 
 class RequestTimeoutError(ClientError):
-    """No answer before the deadline. The outcome is unknown: a write may have been
-    applied. Retrying through the same client keeps it exactly-once."""
+    """No answer before the deadline, or the last answer said the outcome is unknown
+    (the leader lost its leadership after proposing the write). A write may have been
+    applied. Within one call, the client's own retries reuse the write's session and
+    sequence number, so the state machine applies it at most once; a NEW call after this
+    error is a new write (read the key first if applying it twice would matter)."""
 
 
 class TooManyRequestsError(ClientError):

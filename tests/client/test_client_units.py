@@ -62,6 +62,17 @@ def test_backoff_stays_short_between_leaders() -> None:
     assert backoff_cap(Kind.TOO_MANY) == backoff_cap(Kind.TIMEOUT) == BACKOFF_MAX
 
 
+def test_give_up_says_unknown_once_a_write_may_have_taken_effect() -> None:
+    # Found in review: a write answered "outcome unknown" (its leader stepped down),
+    # then "unavailable" until the deadline, was reported as UnavailableError, which
+    # says nothing was applied.
+    for kind in Kind:
+        err = give_up("put", Failure(kind, "node says no"), 1.0, 3, unknown=True)
+        assert isinstance(err, RequestTimeoutError), kind
+    assert isinstance(give_up("put", None, 1.0, 0, unknown=True), RequestTimeoutError)
+    assert isinstance(give_up("put", None, 1.0, 0), UnavailableError)
+
+
 def test_give_up_raises_by_the_last_failure() -> None:
     def err(kind: Kind) -> Exception:
         return give_up("put", Failure(kind, "node says no", 3), 1.0, 4)

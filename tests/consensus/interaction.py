@@ -157,6 +157,9 @@ class Env:
         self._node(c).raw.campaign()
         return ""
 
+    def cmd_forget_leader(self, c: TestCase) -> str:
+        return "forgot" if self._node(c).raw.forget_leader() else "no-op"
+
     def cmd_elect(self, c: TestCase) -> str:
         self._node(c).raw.campaign()
         self.cmd_stabilize(TestCase(c.pos, "stabilize", [], "", ""))

@@ -80,6 +80,22 @@ def test_txn_nesting_depth() -> None:
         TxnRequest((), (txn,))
 
 
+def test_deep_nesting_in_a_log_entry_is_refused_without_recursion() -> None:
+    # Regression: a 2.3 KB txn nested 450 deep raised RecursionError in decode_command,
+    # escaped every replica's apply and wedged the whole cluster (found in review).
+    import msgpack
+
+    from quorumkv.kv._codec import FORMAT, TXN
+
+    inner = msgpack.packb([TXN, [], [], []])
+    for _ in range(450):
+        inner = b"\x94" + msgpack.packb(TXN) + b"\x90\x91" + inner + b"\x90"
+    data = b"\x94" + msgpack.packb(FORMAT) + msgpack.packb(1) + msgpack.packb(1) + inner
+    assert len(data) < 3000
+    with pytest.raises(KVLimitError, match="txn nesting depth is 451 levels"):
+        decode_command(data)
+
+
 def test_request_too_big_when_encoded_and_when_decoded() -> None:
     value = b"v" * (1024 * 1024)
     big = TxnRequest((), (PutRequest(b"a", value), PutRequest(b"b", value)))

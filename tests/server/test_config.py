@@ -54,6 +54,7 @@ def test_toml_file_and_flags_win(tmp_path: Path) -> None:
         (["--peers", "2=127.0.0.1:7002"], "does not list this node"),
         (["--peers", "1=127.0.0.1"], "not host:port"),
         (["--http", "nowhere"], "not host:port"),
+        (["--listen", "0.0.0.0:7001"], "wildcard address cannot be dialled"),
         (["--tick-ms", "0"], "must be positive"),
         (["--election-ticks", "1"], "at least 2"),
         (["--log-level", "loud"], "log-level"),

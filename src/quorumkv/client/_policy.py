@@ -107,13 +107,20 @@ class Failure:
     leader: int = 0
 
 
-def give_up(what: str, failure: Failure | None, budget: float, tries: int) -> ClientError:
+def give_up(
+    what: str, failure: Failure | None, budget: float, tries: int, unknown: bool = False
+) -> ClientError:
     """The error for a call that reached its deadline: by the kind of its last failure,
-    or ``RequestTimeoutError`` when the deadline passed while an answer was awaited."""
+    or ``RequestTimeoutError`` when the deadline passed while an answer was awaited or
+    ``unknown`` (an earlier try of this write may have taken effect)."""
     spent = f"{what}: gave up after {tries} tries in {budget:g}s"
     if failure is None:
+        if unknown:
+            return RequestTimeoutError(f"{spent}: the outcome of an earlier try is unknown")
         return UnavailableError(f"{spent}: no endpoint answered")
     text = f"{spent}; last: {failure.detail}"
+    if unknown and failure.kind is not Kind.TIMEOUT:
+        return RequestTimeoutError(f"{text}; an earlier try's outcome is unknown")
     if failure.kind is Kind.NOT_LEADER:
         return NotLeaderError(text, failure.leader)
     if failure.kind is Kind.TOO_MANY:

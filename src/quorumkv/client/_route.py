@@ -194,6 +194,9 @@ class Router:
         deadline = loop.time() + budget
         failure: Failure | None = None
         tries = waits = redirects = 0
+        # Once a try of a write may have taken effect, giving up must say "unknown",
+        # whatever the later tries answered.
+        unknown = False
         while True:
             if self._closed:
                 raise _closed_error()
@@ -202,10 +205,10 @@ class Router:
                 try:
                     conn = await self._connect(deadline)
                 except Expired:
-                    raise give_up(what, failure, budget, tries) from None
+                    raise give_up(what, failure, budget, tries, unknown) from None
                 except Unreachable as e:
                     failure = Failure(Kind.UNAVAILABLE, str(e))
-                    await self._backoff(waits, deadline, what, failure, budget, tries)
+                    await self._backoff(waits, deadline, what, failure, budget, tries, unknown)
                     waits += 1
                     continue
             tries += 1
@@ -215,8 +218,9 @@ class Router:
                 self._drop(conn, str(e))
                 if e.sent and not idempotent:
                     raise RequestTimeoutError(f"{what}: {e}; the outcome is unknown") from None
+                unknown = unknown or (e.sent and op == OP_WRITE)
                 failure = Failure(Kind.UNAVAILABLE, str(e))
-                await self._backoff(waits, deadline, what, failure, budget, tries)
+                await self._backoff(waits, deadline, what, failure, budget, tries, unknown)
                 waits += 1
                 continue
             except Expired:
@@ -247,10 +251,11 @@ class Router:
                 detail = f"{conn.addr}: {message(answer)}"
                 if not idempotent:
                     raise RequestTimeoutError(f"{what}: {detail} (the outcome is unknown)")
+                unknown = unknown or op == OP_WRITE
                 failure = Failure(Kind.TIMEOUT, detail)
             else:
                 raise terminal_error(code, answer, conn.addr)
-            await self._backoff(waits, deadline, what, failure, budget, tries)
+            await self._backoff(waits, deadline, what, failure, budget, tries, unknown)
             waits += 1
 
     async def _backoff(
@@ -261,6 +266,7 @@ class Router:
         failure: Failure,
         budget: float,
         tries: int,
+        unknown: bool = False,
     ) -> None:
         """Wait before the next try, or raise the give-up error if there is no time
         left for one (``_policy.next_delay``)."""
@@ -268,7 +274,7 @@ class Router:
         cap = backoff_cap(failure.kind)
         delay = next_delay(waits, self._rng, deadline - self._loop.time(), cap)
         if delay is None:
-            raise give_up(what, failure, budget, tries)
+            raise give_up(what, failure, budget, tries, unknown)
         await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:

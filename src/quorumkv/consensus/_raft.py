@@ -810,6 +810,21 @@ class Raft:
 
     # -- reports from the driver -----------------------------------------------------
 
+    def forget_leader(self) -> bool:
+        """The driver knows this follower's leader is gone (its process closed our
+        connections): drop it, so that this node grants pre-votes and votes at once
+        instead of honouring stickiness for the rest of an election timeout. Only a
+        liveness hint: safety never rests on stickiness, except for lease reads, where
+        a follower must not vote while the old leader may still serve from its lease,
+        so it does nothing with ``LEASE_BASED`` reads. Returns whether it forgot."""
+        if self.role is not Role.FOLLOWER or self.lead == NONE:
+            return False
+        if self.cfg.read_only is ReadOnlyOption.LEASE_BASED:
+            return False
+        self.logger.info("%d forgets leader %d in term %d", self.id, self.lead, self.term)
+        self.lead = NONE
+        return True
+
     def report_unreachable(self, node: NodeId) -> None:
         pr = self.trk.progress.get(node)
         if self.role is Role.LEADER and pr is not None and pr.state is ProgressState.REPLICATE:

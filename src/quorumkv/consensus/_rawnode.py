@@ -151,6 +151,11 @@ class RawNode:
         """Ask for a linearizable read; ``ctx`` comes back in a ReadState."""
         self.raft.read_index(ctx)
 
+    def forget_leader(self) -> bool:
+        """Drop a follower's leader when the driver knows it is gone (see
+        ``Raft.forget_leader``); the next ``campaign`` then meets no stickiness."""
+        return self.raft.forget_leader()
+
     def transfer_leader(self, to: NodeId) -> None:
         self.raft.transfer_leader(to)
 

@@ -145,6 +145,22 @@ def encode_command(cmd: Command) -> bytes:
     return data
 
 
+def _doc_depth(doc: Any) -> int:
+    """The txn nesting depth of an undecoded request, found without recursion, so a
+    request nested deeper than Python's stack is refused by the limit it breaks."""
+    deepest = 0
+    stack = [(doc, 1)]
+    while stack:
+        d, depth = stack.pop()
+        if not (isinstance(d, list) and len(d) == 4 and d[0] == TXN):
+            continue
+        deepest = max(deepest, depth)
+        for branch in (d[2], d[3]):
+            if isinstance(branch, list):
+                stack.extend((op, depth + 1) for op in branch)
+    return deepest
+
+
 def decode_command(data: bytes) -> Command:
     """The command in a log entry; raises ``KVError`` (never anything else) if the
     bytes are not a valid command within the limits."""
@@ -154,10 +170,21 @@ def decode_command(data: bytes) -> Command:
         fmt, client, seq, doc = unpack(data)
         if fmt != FORMAT:
             raise MalformedRequestError(f"unknown command format {fmt!r}")
+        depth = _doc_depth(doc)
+        if depth > LIMITS.max_txn_depth:
+            raise KVLimitError("txn nesting depth", LIMITS.max_txn_depth, depth, "levels")
         return Command(client, seq, _request(doc))
     except KVError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as e:
+    except (
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+        msgpack.UnpackException,
+    ) as e:
         raise MalformedRequestError(f"cannot decode command: {e!r}") from None
 
 

@@ -82,13 +82,21 @@ class MVCCStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
+        metasync: bool = True,
     ) -> None:
+        """``sync=False`` (LMDB's NOSYNC) can corrupt the store on a power loss;
+        ``metasync=False`` only risks losing the last transaction, which a log replay
+        restores: the right choice under a WAL."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._env: Any = lmdb.open(
             str(self.path), map_size=map_size, max_dbs=len(_DB_NAMES), sync=sync,
-            readahead=False, meminit=False,
+            metasync=metasync, readahead=False, meminit=False,
         )  # fmt: skip
         with self._env.begin(write=True) as txn:
             handles = [
@@ -274,8 +282,17 @@ class MVCCStore:
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
         staging.rename(target)
+        _fsync_dir(target.parent)  # the renames must survive a power loss too
         shutil.rmtree(old, ignore_errors=True)
         return cls(target, map_size=map_size, sync=sync)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def snapshot_index(first_chunk: bytes) -> int:

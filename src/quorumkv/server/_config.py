@@ -178,11 +178,18 @@ def parse_config(argv: list[str] | None) -> ServerConfig:
     if node_id <= 0:
         raise ServerError(f"--id must be a positive integer, not {node_id}")
     try:
-        parse_address(values["listen"])
+        host, _ = parse_address(values["listen"])
         if values.get("http"):
             parse_address(values["http"])
     except ValueError as e:
         raise ServerError(str(e)) from None
+    if host in ("0.0.0.0", "::", ""):
+        # The listen address is also the one peers are told to dial (no separate
+        # advertised address yet), so it must be reachable as written.
+        raise ServerError(
+            f"--listen {values['listen']}: a wildcard address cannot be dialled by peers; "
+            "give this node's own address"
+        )
     peers = parse_peers(values.get("peers", ""))
     join = bool(values.get("join", False))
     if not peers:

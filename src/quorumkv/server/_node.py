@@ -22,14 +22,17 @@ A write is answered when its entry is applied: the entry at the index the propos
 with the term it was proposed in. A different term there means another leader replaced
 it; the writer is told to retry, which is safe because every write carries the client's
 session (client id, sequence number) and the state machine applies each once. When this
-node stops leading, its waiting writers are told the same at once.
+node stops leading, its waiting writers are told at once that the outcome is unknown
+(their entries may still commit), and retry the same way.
 
-The MVCC store is opened without its own fsync: the WAL is the durable record, and the
-store is synced before the log under its applied index is dropped, so a crash replays
-whatever the store lost. A leader snapshot carries only the member addresses; a
-follower that needs one gets the whole store streamed on its own connection and
-installed before the core sees the SNAP message (``snapshot_received``). Entries the
-store already holds are skipped by index when they are applied again.
+The MVCC store syncs its data pages but not its meta page per batch (LMDB's NOMETASYNC:
+a power loss may undo its last transaction, never corrupt it): the WAL is the durable
+record, the store is fully synced before the log under its applied index is dropped,
+and a restart replays whatever the store lost. A leader snapshot carries only the
+member addresses; a follower that needs one gets the whole store streamed on its own
+connection and installed (one at a time) before the core sees the SNAP message
+(``snapshot_received``). Entries the store already holds are skipped by index when
+they are applied again.
 
 Membership changes are coroutines that propose, then wait for the change to apply (and
 for a new node to catch up before promoting it); their addresses travel in the
@@ -75,7 +78,7 @@ from quorumkv.consensus import (
     bootstrap_state,
     decode_conf_change,
 )
-from quorumkv.errors import KVError, ServerError, StorageError
+from quorumkv.errors import KVError, ServerError
 from quorumkv.kv import (
     LIMITS,
     KVLimitError,
@@ -151,14 +154,20 @@ class _ReadBatch:
 
 @dataclass
 class _Waiter:
+    """Someone waiting for the entry proposed at ``index`` in ``term`` to be applied;
+    the future says whether that very entry was (False: another leader's entry took
+    its place; None: applied out of sight, by a snapshot)."""
+
     index: int
-    future: asyncio.Future[None]
+    term: int
+    future: asyncio.Future[bool | None]
 
 
 @dataclass
 class _Snapshots:
     sending: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     restoring: bool = False
+    installing: asyncio.Task[None] | None = None
 
 
 class Node:
@@ -170,7 +179,7 @@ class Node:
         self.loop = asyncio.get_running_loop()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = NodeStorage(OSFileSystem(), str(cfg.data_dir / "raft"))
-        self.kv = MVCCStore(cfg.data_dir / "kv", sync=False)
+        self.kv = MVCCStore(cfg.data_dir / "kv", metasync=False)
         self.cluster = self._identity()
         self.members: dict[int, str] = {}
         state = self._load_state()
@@ -194,6 +203,9 @@ class Node:
         self.role_waiters: list[asyncio.Future[None]] = []
         self.snaps = _Snapshots()
         self._read_seq = 0
+        # Read contexts carry a per-boot nonce: a late answer to a read of a previous
+        # incarnation of this node must not match a read of this one.
+        self._boot = random.getrandbits(64).to_bytes(8, "big")
         self.op_counts: dict[str, int] = dict.fromkeys(_OP_NAMES.values(), 0)
         self._drive_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -242,11 +254,19 @@ class Node:
         )
         hs = st.hard_state
         applied = self.kv.applied_index()
-        if applied > hs.commit and hs.commit < last:
-            # The store applied entries the WAL's last commit record had not reached yet
-            # (commit-only hard states are not fsynced): they were committed.
-            hs = type(hs)(hs.term, hs.vote, Index(min(applied, last)))
         floor = st.snapshot.meta.index if st.snapshot else 0
+        if applied < floor and floor > 1:  # index 1 is the bootstrap: an empty store
+            raise ServerError(
+                f"the state machine in {self.kv.path} is at index {applied}, behind the "
+                f"Raft snapshot at {floor}: it was damaged or replaced; rebuild this node"
+            )
+        # The store may be ahead of the durable commit index (commit-only hard states
+        # are not fsynced; a streamed snapshot is installed before Raft records it).
+        # Raft restarts from what it knows committed; entries the store already holds
+        # are skipped by index when they are applied again. Never raise the commit
+        # index from the store: the log's tail at those indices may be a deposed
+        # leader's, never committed.
+        del last
         return RaftState(hs, st.snapshot, st.entries, Index(max(floor, min(applied, hs.commit))))
 
     def _learn_members(self, data: bytes) -> None:
@@ -357,11 +377,39 @@ class Node:
                 pass
         self._schedule()
 
+    def peer_lost(self, frm: int) -> None:
+        """A peer's connection to us closed. If it was our leader, its process is most
+        likely gone (a partition does not close connections this fast): forget it and
+        campaign after a short random delay, instead of waiting out an election timeout
+        of silence. A live leader simply reconnects; its next heartbeat brings us back."""
+        raw = self.raw
+        if self.stopping or raw.raft.role is not Role.FOLLOWER or raw.raft.lead != frm:
+            return
+        if raw.forget_leader():
+            delay = random.uniform(0, 2 * self.cfg.tick_ms / 1000)
+            self.loop.call_later(delay, self._early_campaign)
+            self._schedule()
+
+    def _early_campaign(self) -> None:
+        raw = self.raw
+        if self.stopping or self.fatal is not None:
+            return
+        if raw.raft.lead == NONE and raw.raft.role is Role.FOLLOWER:
+            raw.campaign()
+            self._schedule()
+
     # -- client requests -----------------------------------------------------------------
 
     def client_request(self, conn: ClientConn, req_id: Any, op: Any, body: Any) -> None:
+        try:
+            self._client_request(conn, req_id, op, body)
+        except Exception as e:  # a request must never take the connection down with it
+            log.warning("bad request from %s: %r", conn.transport.get_extra_info("peername"), e)
+            self._error(conn, req_id, ERR_BAD_REQUEST, f"cannot handle the request: {e!r}")
+
+    def _client_request(self, conn: ClientConn, req_id: Any, op: Any, body: Any) -> None:
         self.clients.add(conn)
-        name = _OP_NAMES.get(op)
+        name = _OP_NAMES.get(op) if type(op) is int else None
         if name is None:
             self._error(conn, req_id, ERR_BAD_REQUEST, f"unknown operation {op!r}")
             return
@@ -449,11 +497,12 @@ class Node:
             return
         try:
             self._drive_once()
-        except (StorageError, KVError, OSError) as e:
-            # The disk failed under us: what reached it is unknown, so stop serving
-            # rather than acknowledge anything more. A restart recovers from the WAL.
+        except Exception as e:
+            # The disk failed under us (or a bug broke the cycle between ready() and
+            # advance()): what reached the disk is unknown, so stop serving rather than
+            # acknowledge anything more. The process exits; a restart recovers.
             self.fatal = e
-            log.error("node %d stops: storage failed: %s", self.node_id, e)
+            log.exception("node %d stops: %s", self.node_id, e)
             self.loop.call_soon(self._fail_everything, f"node {self.node_id} storage failed: {e}")
 
     def _drive_once(self) -> None:
@@ -508,7 +557,7 @@ class Node:
     def _issue_reads(self) -> None:
         reads, self.read_queue = self.read_queue, []
         self._read_seq += 1
-        ctx = self._read_seq.to_bytes(8, "big")
+        ctx = self._boot + self._read_seq.to_bytes(8, "big")
         try:
             self.raw.read_index(ctx)
         except ProposalDropped:
@@ -587,11 +636,13 @@ class Node:
             self.loop.call_soon(self._sync_links)
         if self.apply_waiters:
             applied = self.kv.applied_index()
+            terms = {int(e.index): int(e.term) for e in rd.committed}
             keep = []
             for aw in self.apply_waiters:
                 if aw.index <= applied:
+                    seen = terms.get(aw.index)
                     if not aw.future.done():
-                        aw.future.set_result(None)
+                        aw.future.set_result(None if seen is None else seen == aw.term)
                 else:
                     keep.append(aw)
             self.apply_waiters = keep
@@ -615,11 +666,12 @@ class Node:
         if role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             self.metrics.elections.inc()
         if role is not Role.LEADER and self.waiting:
-            # Our entries may still commit under the next leader; the writers retry
-            # there with the same session, which the state machine deduplicates.
+            # Our entries may still commit under the next leader: the outcome is
+            # unknown. The clients retry with the same session, which the state
+            # machine deduplicates, and say "unknown" if they give up.
             waiting, self.waiting = self.waiting, {}
             for w in waiting.values():
-                self._not_leader(w.conn, w.req_id)
+                self._error(w.conn, w.req_id, ERR_TIMEOUT, _LOST_LEADERSHIP)
         for f in self.role_waiters:
             if not f.done():
                 f.set_result(None)
@@ -634,9 +686,12 @@ class Node:
                 self.links.pop(peer).close()
 
     def _fail_everything(self, why: str) -> None:
-        for w in self.waiting.values():
-            self._error(w.conn, w.req_id, ERR_UNAVAILABLE, why)
+        for w in self.waiting.values():  # proposed: they may still commit
+            self._error(w.conn, w.req_id, ERR_TIMEOUT, f"{why}; the outcome is unknown")
         self.waiting.clear()
+        for _, conn, req_id in self.writes:  # never proposed
+            self._error(conn, req_id, ERR_UNAVAILABLE, why)
+        self.writes.clear()
         for b in [*self.read_batches.values(), *self.ready_reads]:
             for conn, req_id, _ in b.reads:
                 self._error(conn, req_id, ERR_UNAVAILABLE, why)
@@ -660,6 +715,17 @@ class Node:
                     del self.read_batches[ctx]
                     for conn, req_id, _ in b.reads:
                         self._error(conn, req_id, ERR_UNAVAILABLE, "read index lost; retry")
+        if self.ready_reads and self.ready_reads[0].deadline < now:
+            # Reads with a read index that this node has not applied yet (cut off from
+            # the leader since): answered unavailable instead of kept forever.
+            keep: deque[_ReadBatch] = deque()
+            for b in self.ready_reads:
+                if b.deadline < now:
+                    for conn, req_id, _ in b.reads:
+                        self._error(conn, req_id, ERR_UNAVAILABLE, "not caught up in time; retry")
+                else:
+                    keep.append(b)
+            self.ready_reads = keep
         if self.waiting:
             limit = now - self.cfg.request_timeout_s
             for index in [i for i, w in self.waiting.items() if w.t0 < limit]:
@@ -692,25 +758,38 @@ class Node:
         to = NodeId(int(m.to))
         addr = self.members.get(int(to))
         ok, why = False, "no address"
-        if addr is not None:
-            try:
+        try:
+            if addr is not None:
                 hello = snap_hello(self.cluster, self.node_id, self.cfg.listen)
                 ok, why, sent = await send_snapshot(
                     addr, hello, encode_message(m), self.kv.snapshot(), 5.0
                 )
                 self.metrics.peer_bytes_out.inc(sent)
-            except (OSError, ConnectionError, TimeoutError) as e:
-                why = str(e) or type(e).__name__
-        if ok:
-            self.metrics.snapshots_sent.inc()
-            log.info("node %d sent a snapshot to node %d", self.node_id, to)
-        else:
-            log.warning("node %d could not send a snapshot to node %d: %s", self.node_id, to, why)
-        self.raw.report_snapshot(to, ok)
-        self._schedule()
+        except asyncio.CancelledError:
+            why = "cancelled"
+            raise
+        except Exception as e:  # any failure: the core must hear of it, or it waits
+            why = f"{type(e).__name__}: {e}"
+        finally:
+            if ok:
+                self.metrics.snapshots_sent.inc()
+                log.info("node %d sent a snapshot to node %d", self.node_id, to)
+            else:
+                log.warning("node %d could not send a snapshot to node %d: %s",
+                            self.node_id, to, why)  # fmt: skip
+            if not self.stopping:
+                self.raw.report_snapshot(to, ok)
+                self._schedule()
 
     def snapshot_received(self, frm: int, first: bytes, spool: Path, conn: SnapConn) -> None:
-        self.loop.create_task(self._install(frm, first, spool, conn))
+        if self.snaps.restoring or self.stopping:
+            # One install at a time: two overlapping ones (an old and a new leader each
+            # sending one) could swap an older store in over a newer one.
+            spool.unlink(missing_ok=True)
+            conn.answer(False, "busy installing another snapshot; retry later")
+            return
+        self.snaps.restoring = True
+        self.snaps.installing = self.loop.create_task(self._install(frm, first, spool, conn))
 
     async def _install(self, frm: int, first: bytes, spool: Path, conn: SnapConn) -> None:
         try:
@@ -721,28 +800,25 @@ class Node:
             if index > self.kv.applied_index():
                 # Restore beside the open store, off the loop; no Ready is handled (so
                 # nothing is applied) until the new store is swapped in.
-                self.snaps.restoring = True
                 path = self.kv.path
 
                 def restore() -> MVCCStore:
                     new = MVCCStore.restore(path, [head, *chunks], sync=True)
                     new.close()
-                    return MVCCStore(path, sync=False)
+                    return MVCCStore(path, metasync=False)
 
-                try:
-                    new = await self.loop.run_in_executor(None, restore)
-                finally:
-                    self.snaps.restoring = False
+                new = await self.loop.run_in_executor(None, restore)
                 old, self.kv = self.kv, new
                 old.close()
             self.raw.step(m)
             self.metrics.snapshots_received.inc()
             log.info("node %d installed a snapshot at %d from node %d", self.node_id, index, frm)
             conn.answer(True)
-        except (KVError, MessageRejected, StopIteration, ValueError) as e:
-            log.warning("node %d refused a snapshot from node %d: %s", self.node_id, frm, e)
+        except Exception as e:
+            log.warning("node %d refused a snapshot from node %d: %r", self.node_id, frm, e)
             conn.answer(False, str(e))
         finally:
+            self.snaps.restoring = False
             spool.unlink(missing_ok=True)
             self._schedule()
 
@@ -773,12 +849,24 @@ class Node:
             if conn in self.dirty or conn.out:
                 self._schedule()
 
-    async def _until_applied(self, index: int, timeout: float) -> None:
+    async def _until_applied(self, index: int, term: int, timeout: float) -> None:
+        """Wait until the entry proposed at ``index`` in ``term`` is applied. Raises
+        ``ProposalDropped`` if another leader's entry took its place (it never took
+        effect) and ``TimeoutError`` when that cannot be known (outcome unknown)."""
         if self.kv.applied_index() >= index:
-            return
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self.apply_waiters.append(_Waiter(index, fut))
-        await asyncio.wait_for(fut, timeout)
+            seen = self.raw.raft.log.term(Index(index))
+            ok: bool | None = None if seen is None else int(seen) == term
+        else:
+            fut: asyncio.Future[bool | None] = self.loop.create_future()
+            self.apply_waiters.append(_Waiter(index, term, fut))
+            ok = await asyncio.wait_for(fut, timeout)
+        if ok is None:
+            raise TimeoutError
+        if not ok:
+            raise ProposalDropped(
+                "leadership was lost and the change was replaced; it did not happen",
+                int(self.raw.raft.lead),
+            )
 
     async def _conf_change(self, cc: ConfChange, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -794,8 +882,9 @@ class Node:
                 if time.monotonic() > deadline:
                     raise TimeoutError from None
                 await asyncio.sleep(self.cfg.tick_ms / 1000)
+        term = int(self.raw.raft.term)
         self._schedule()
-        await self._until_applied(int(index), max(0.1, deadline - time.monotonic()))
+        await self._until_applied(int(index), term, max(0.1, deadline - time.monotonic()))
         # Leaving the joint configuration is proposed by the core itself once applied.
         while self.raw.raft.trk.conf.joint:
             if time.monotonic() > deadline:
@@ -971,6 +1060,10 @@ class Node:
                 log.warning("node %d stops without a leadership transfer: %s", self.node_id, e)
         if self.server is not None:
             self.server.close()
+        if self.snaps.installing is not None and not self.snaps.installing.done():
+            # Let a restore running in a thread finish its swap before the store closes.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.snaps.installing), 60)
         self._fail_everything(f"node {self.node_id} is stopping")
         for task in self.snaps.sending.values():
             task.cancel()
@@ -984,6 +1077,9 @@ class Node:
             self.kv.sync()
         self.storage.close()
         self.kv.close()
+
+
+_LOST_LEADERSHIP = "leadership was lost before the entry was applied; the outcome is unknown"
 
 
 class _Refused(Exception):

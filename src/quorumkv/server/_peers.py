@@ -221,21 +221,28 @@ async def send_snapshot(
     try:
         transport.write(frame(pack(message_doc)))
         for chunk in chunks:
+            if proto.lost.done():
+                return False, "connection lost while streaming", sent
             data = encode(["chunk", chunk])
             transport.write(data)
             sent += len(data)
-            while transport.get_write_buffer_size() > HIGH_WATER:
-                if proto.lost.done():
-                    return False, "connection lost while streaming", sent
+            while transport.get_write_buffer_size() > HIGH_WATER and not proto.lost.done():
                 await asyncio.sleep(0.005)
-        transport.write(encode(["end"]))
+        if proto.lost.done():
+            return False, "connection lost while streaming", sent
         # The receiver answers once it has installed the snapshot (or refused it).
         proto.decoder = FrameDecoder(1 << 16)
         proto.answer = asyncio.get_running_loop().create_future()
-        answer = await asyncio.wait_for(proto.answer, timeout * 30)
-        if answer == ["ok"]:
-            return True, "", sent
-        return False, f"receiver refused: {answer!r}", sent
+        transport.write(encode(["end"]))
+        done, _ = await asyncio.wait(
+            {proto.answer, proto.lost}, timeout=timeout * 30, return_when=asyncio.FIRST_COMPLETED
+        )
+        if proto.answer in done and proto.answer.exception() is None:
+            answer = proto.answer.result()
+            if answer == ["ok"]:
+                return True, "", sent
+            return False, f"receiver refused: {answer!r}", sent
+        return False, "no answer from the receiver", sent
     finally:
         transport.close()
 

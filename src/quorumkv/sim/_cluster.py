@@ -108,6 +108,9 @@ class SimConfig:
     """Bytes of entries per append; 0 lets each node draw one (1 means one entry)."""
     forget_vote: bool = False
     """Planted bug: nodes persist their hard state without the vote."""
+    forget_leader: bool = False
+    """As the real driver does when a leader's connections close: followers of a
+    crashed leader forget it soon after, then campaign after a short random delay."""
 
     @staticmethod
     def for_seed(seed: int, **overrides: Any) -> SimConfig:
@@ -127,6 +130,7 @@ class SimConfig:
             "fault_gap_us": rng.choice(((50_000, 400_000), (10_000, 80_000))),
             "restart_us": rng.choice(((50_000, 800_000), (1_000, 30_000))),
             "crash_points": rng.choice((0.0, 0.0, 0.1, 0.3)),
+            "forget_leader": rng.random() < 0.5,
         }
         base.update(overrides)
         return SimConfig(**base)
@@ -599,6 +603,33 @@ class Cluster:
         length = self.rng.randint(*self.cfg.restart_us)
         self.log(f"FAULT crash n{node.id} (lost {lost} unsynced writes) for {length // 1000}ms")
         self.at(length, self._restart, node.id)
+        if self.cfg.forget_leader:
+            for n in self.nodes.values():
+                if n.alive and n is not node and n.raw.raft.lead == node.id:
+                    notice = self.rng.randint(1_000, 20_000)  # the connection's close
+                    self.at(notice, self._leader_gone, n.id, n.incarnation, node.id)
+
+    def _leader_gone(self, nid: int, incarnation: int, dead: int) -> None:
+        node = self.nodes[nid]
+        if not self._live(node, incarnation):
+            return
+        if self._defer_if_paused(node, self._leader_gone, nid, incarnation, dead):
+            return
+        if node.raw.raft.lead == dead and node.raw.forget_leader():
+            self.log(f"n{nid} forgets its dead leader n{dead}")
+            delay = self.rng.randint(0, 2 * self.cfg.tick_us)
+            self.at(delay, self._early_campaign, nid, incarnation)
+            self._after_input(node)
+
+    def _early_campaign(self, nid: int, incarnation: int) -> None:
+        node = self.nodes[nid]
+        if not self._live(node, incarnation):
+            return
+        if self._defer_if_paused(node, self._early_campaign, nid, incarnation):
+            return
+        if node.raw.raft.lead == NONE and node.raw.raft.role is Role.FOLLOWER:
+            node.raw.campaign()
+            self._after_input(node)
 
     def _restart(self, nid: int) -> None:
         old = self.nodes[nid]
