@@ -60,3 +60,20 @@ def test_backpressure_refuses_then_the_client_retries(make_cluster: MakeCluster)
         (st := c.nodes[i].status()) is not None and st["applied"] == st["commit"]
         for i in c.nodes
     ))  # fmt: skip
+
+
+def test_the_asyncio_client_runs_on_uvloop(make_cluster: MakeCluster) -> None:
+    # Regression: the client asserted an asyncio.Transport, which uvloop's is not, and
+    # every call failed with "no connection" (found by the benchmark).
+    import uvloop
+
+    c = make_cluster(3)
+
+    async def body() -> bytes:
+        async with AsyncClient(c.endpoints, timeout=20) as cl:
+            await cl.put("k", "v")
+            kv = await cl.get("k")
+            assert kv is not None
+            return kv.value
+
+    assert uvloop.run(body()) == b"v"

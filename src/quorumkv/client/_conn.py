@@ -33,7 +33,7 @@ import asyncio
 import heapq
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from quorumkv.errors import ClientError, ProtocolError
 from quorumkv.net import (
@@ -199,9 +199,9 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(encode(client_hello()))
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(encode(client_hello()))
 
     def data_received(self, data: bytes) -> None:
         try:
