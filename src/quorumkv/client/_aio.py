@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from quorumkv.client._policy import ELECTION_BACKOFF_MAX, next_delay
+from quorumkv.client._policy import ATTEMPT_TIMEOUT, ELECTION_BACKOFF_MAX, next_delay
 from quorumkv.client._requests import (
     Data,
     cas_request,
@@ -66,7 +66,9 @@ class AsyncClient(Router):
     ``endpoints`` are ``"host:port"`` addresses of any of its nodes (a sequence, or one
     comma-separated string); the client finds the leader from them. ``timeout`` is the
     default deadline of a call, retries included; ``connect_timeout`` bounds one dial
-    and handshake. Use ``async with`` or call ``close()``.
+    and handshake; ``attempt_timeout`` bounds one try, after which the call moves to
+    another node (raise it for reads whose answers take longer than that to produce).
+    Use ``async with`` or call ``close()``.
     """
 
     def __init__(
@@ -75,8 +77,14 @@ class AsyncClient(Router):
         *,
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
     ) -> None:
-        super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(
+            endpoints,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            attempt_timeout=attempt_timeout,
+        )
 
     def __repr__(self) -> str:
         conn = self._conn

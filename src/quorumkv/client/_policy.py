@@ -53,6 +53,12 @@ BACKOFF_MIN = 0.02
 """Seconds before the first retry that waits."""
 BACKOFF_MAX = 1.0
 """The longest wait between two tries of an overloaded or slow cluster."""
+ATTEMPT_TIMEOUT = 1.0
+"""Seconds one try waits for its answer before the call moves to another node. A node
+that stalls with its connection open (SIGSTOP, swap) never closes it; the others elect a
+new leader within about an election timeout (0.5-1 s by default). A write's try that
+times out has an unknown outcome; its retries keep the same session, so it applies once.
+"""
 ELECTION_BACKOFF_MAX = 0.1
 """The longest wait while the cluster has no leader we can reach (an election, a dead
 leader): elections end within about an election timeout (0.5-1 s by default), and a

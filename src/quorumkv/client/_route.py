@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from quorumkv.client._conn import Connection, ConnectionLost, Expired, Unreachable, open_connection
 from quorumkv.client._lanes import Lanes
 from quorumkv.client._policy import (
+    ATTEMPT_TIMEOUT,
     MAX_IMMEDIATE_REDIRECTS,
     Failure,
     Kind,
@@ -102,12 +103,20 @@ class Router:
         *,
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
     ) -> None:
-        if not timeout > 0 or not connect_timeout > 0:
-            raise ValueError(f"timeouts must be positive, not {timeout!r}, {connect_timeout!r}")
+        if not timeout > 0 or not connect_timeout > 0 or not attempt_timeout > 0:
+            raise ValueError(
+                f"timeouts must be positive, not {timeout!r}, {connect_timeout!r}, "
+                f"{attempt_timeout!r}"
+            )
         self._endpoints = parse_endpoints(endpoints)
         self._timeout = float(timeout)
         self._connect_timeout = float(connect_timeout)
+        self._attempt_timeout = float(attempt_timeout)
+        self._stalled: dict[str, float] = {}
+        """Nodes that left a try unanswered, until when they are not redirected to: the
+        others keep naming a stalled leader until they elect a new one."""
         self._addrs = list(self._endpoints)
         self._next = 0
         self._leader_addr: str | None = None
@@ -212,8 +221,12 @@ class Router:
                     waits += 1
                     continue
             tries += 1
+            # A node that stops answering with its connection open (SIGSTOP, a stall)
+            # would hold the call until its deadline; one try gets ATTEMPT_TIMEOUT, then
+            # the call moves on (an election elsewhere takes about that long).
+            attempt_deadline = min(deadline, loop.time() + self._attempt_timeout)
             try:
-                code, answer = await conn.call(op, body, deadline)
+                code, answer = await conn.call(op, body, attempt_deadline)
             except ConnectionLost as e:
                 self._drop(conn, str(e))
                 if e.sent and not idempotent:
@@ -224,10 +237,19 @@ class Router:
                 waits += 1
                 continue
             except Expired:
-                raise RequestTimeoutError(
-                    f"{what}: no answer from {conn.addr} within {budget:g}s "
-                    f"(the outcome is unknown)"
-                ) from None
+                if attempt_deadline >= deadline or not idempotent:
+                    raise RequestTimeoutError(
+                        f"{what}: no answer from {conn.addr} within {budget:g}s "
+                        f"(the outcome is unknown)"
+                    ) from None
+                unknown = unknown or op == OP_WRITE
+                detail = f"{conn.addr} did not answer within {self._attempt_timeout:g}s"
+                failure = Failure(Kind.UNAVAILABLE, detail)
+                self._stalled[conn.addr] = loop.time() + 2 * self._attempt_timeout
+                self._drop(conn, detail)  # a stalled node: try the others
+                await self._backoff(waits, deadline, what, failure, budget, tries, unknown)
+                waits += 1
+                continue
             if code == OK:
                 return answer, conn.addr
             if code == ERR_NOT_LEADER:
@@ -235,6 +257,8 @@ class Router:
                 named = f"; it names node {leader} at {addr}" if leader else "; no leader known"
                 detail = f"{conn.addr} (node {conn.node}) is not the leader{named}"
                 failure = Failure(Kind.NOT_LEADER, detail, leader)
+                if addr is not None and self._stalled.get(addr, 0.0) > loop.time():
+                    addr = None  # it named a node we just saw stall: ask around instead
                 if addr is not None and addr != conn.addr:
                     self._redirect(conn, addr)
                     redirects += 1
@@ -307,7 +331,8 @@ class Router:
         addr = self._leader_addr or self._rotate()
         try:
             try:
-                conn = await open_connection(addr, self._connect_timeout, self._lost)
+                dial_timeout = min(self._connect_timeout, self._attempt_timeout)
+                conn = await open_connection(addr, dial_timeout, self._lost)
             except Unreachable as e:
                 log.debug("quorumkv client: cannot connect: %s", e)
                 if self._leader_addr == addr:
@@ -327,6 +352,14 @@ class Router:
             self._dialing = None
 
     def _rotate(self) -> str:
+        """The next endpoint in turn, passing over nodes seen stalled lately while
+        another one is left to try."""
+        now = asyncio.get_running_loop().time()
+        for _ in range(len(self._addrs)):
+            addr = self._addrs[self._next % len(self._addrs)]
+            self._next += 1
+            if self._stalled.get(addr, 0.0) <= now:
+                return addr
         addr = self._addrs[self._next % len(self._addrs)]
         self._next += 1
         return addr

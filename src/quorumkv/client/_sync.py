@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from quorumkv.client._aio import AsyncClient
+from quorumkv.client._policy import ATTEMPT_TIMEOUT
 from quorumkv.client._requests import Data
 from quorumkv.errors import ClientError
 from quorumkv.kv import (
@@ -96,8 +97,14 @@ class Client:
         *,
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
     ) -> None:
-        self._aio = AsyncClient(endpoints, timeout=timeout, connect_timeout=connect_timeout)
+        self._aio = AsyncClient(
+            endpoints,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            attempt_timeout=attempt_timeout,
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._loop = asyncio.new_event_loop()
