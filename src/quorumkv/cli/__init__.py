@@ -9,6 +9,9 @@ put get del range  ``_kv``: key-value commands through ``quorumkv.Client``
 txn                ``_kv`` and ``_txn`` (its compact ``--if/--then/--else`` syntax)
 status member      ``_admin``: the cluster's status table, membership, leadership
 leader
+torture            ``_torture``: fault injection on real processes, checked
+bench compare      ``_bench``: quorumkv beside etcd and PySyncObj (imports
+                   ``quorumkv.bench`` only when it runs)
 =================  ==========================================================
 
 ``_render`` turns answers into text; ``_common`` holds the parser class and the client
@@ -26,7 +29,7 @@ import argparse
 import os
 import sys
 
-from quorumkv.cli import _admin, _kv, _sim, _up
+from quorumkv.cli import _admin, _bench, _kv, _sim, _torture, _up
 from quorumkv.cli._common import ArgumentParser, UsageError, client_options, fail, one_line
 from quorumkv.cli._sim import replay_command
 from quorumkv.cli._sim import sim_overrides as _sim_overrides
@@ -50,6 +53,8 @@ def build_parser() -> ArgumentParser:
     common = client_options()
     _kv.register(sub, common)
     _admin.register(sub, common)
+    _torture.register(sub)
+    _bench.register(sub)
     return p
 
 

@@ -1,0 +1,68 @@
+"""Helpers for the fault tests: fabricated histories and planted violations."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from quorumkv.sim._linearizability import OpKind
+from quorumkv.torture import Outcome, Record
+
+STALE_CLIENT = 1_000_000
+"""The client id of a fabricated read."""
+
+
+def rec(
+    op_id: int,
+    kind: OpKind,
+    key: bytes,
+    invoke: float,
+    complete: float | None,
+    *,
+    value: bytes | None = None,
+    expected: bytes | None = None,
+    output: bytes | bool | None = None,
+    outcome: Outcome = Outcome.OK,
+    client: int = 0,
+) -> Record:
+    """A history record, briefly."""
+    return Record(op_id, client, kind, key, value, expected, invoke, complete, outcome, output)
+
+
+def _overwrites(r: Record) -> bool:
+    """Whether ``r`` certainly changed its key (an acknowledged put, delete or swap)."""
+    if r.outcome is not Outcome.OK:
+        return False
+    return r.kind in (OpKind.PUT, OpKind.DELETE) or (r.kind is OpKind.CAS and r.output is True)
+
+
+def stale_read(records: Sequence[Record]) -> Record:
+    """A fabricated GET, after everything else, of a value an acknowledged PUT wrote and
+    a later acknowledged write certainly replaced: a stale read no correct run makes."""
+    last = max(r.complete or r.invoke for r in records)
+    for p in records:
+        if p.kind is not OpKind.PUT or p.outcome is not Outcome.OK or p.complete is None:
+            continue
+        if any(r.key == p.key and _overwrites(r) and r.invoke > p.complete for r in records):
+            return rec(
+                max(r.id for r in records) + 1,
+                OpKind.GET,
+                p.key,
+                last + 1.0,
+                last + 1.1,
+                output=p.value,
+                client=STALE_CLIENT,
+            )
+    raise AssertionError("no acknowledged put was overwritten later: nothing to read stale")
+
+
+def namespaces(prefix: str = "qkvt-") -> set[str]:
+    """The network namespaces whose names start with ``prefix``."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.startswith(prefix)}
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``."""
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(path)]
