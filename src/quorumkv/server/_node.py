@@ -210,6 +210,8 @@ class Node:
         self._drive_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self.stopping = False
+        self.closed = False
+        """Set once the storage is closed: nothing may touch it after that."""
         self.started = time.monotonic()
         self.leader_seen: int = NONE
         self.snapshot_index = int(state.snapshot.meta.index) if state.snapshot else 0
@@ -361,6 +363,8 @@ class Node:
         self.clients.discard(conn)
 
     def peer_messages(self, frm: int, docs: list[Any], nbytes: int) -> None:
+        if self.closed:
+            return  # stopped: late messages from peers are not ours to handle
         self.metrics.peer_bytes_in.inc(nbytes)
         raw = self.raw
         for doc in docs:
@@ -493,7 +497,7 @@ class Node:
 
     def _drive(self) -> None:
         self._drive_scheduled = False
-        if self.fatal is not None:
+        if self.fatal is not None or self.closed:
             return
         try:
             self._drive_once()
@@ -705,7 +709,7 @@ class Node:
 
     def _tick(self) -> None:
         self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)
-        if self.fatal is not None:
+        if self.fatal is not None or self.closed:
             return
         self.raw.tick()
         now = time.monotonic()
@@ -1075,6 +1079,7 @@ class Node:
         if self.fatal is None:
             self.storage.sync()
             self.kv.sync()
+        self.closed = True
         self.storage.close()
         self.kv.close()
 
