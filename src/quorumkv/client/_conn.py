@@ -91,6 +91,7 @@ class Connection(asyncio.Protocol):
         "_deadlines",
         "_decoder",
         "_error",
+        "_handshake_done",
         "_hello",
         "_loop",
         "_next_id",
@@ -126,6 +127,9 @@ class Connection(asyncio.Protocol):
         self._timer_at = math.inf
         self._out: list[bytes] = []
         self._hello: asyncio.Future[None] | None = loop.create_future()
+        # The same future, kept: on uvloop the answer can be handled (and _hello
+        # cleared) before create_connection() even returns to the dialler.
+        self._handshake_done: asyncio.Future[None] = self._hello
         self._closed: asyncio.Future[None] = loop.create_future()
         self._error = ""  # why the connection closed; empty while it is open
         self._retired = False
@@ -254,8 +258,7 @@ class Connection(asyncio.Protocol):
 
     async def handshake(self) -> None:
         """Wait for the node's answer to our HELLO."""
-        assert self._hello is not None
-        await self._hello
+        await self._handshake_done
 
     def _handle_hello(self, msg: object) -> bool:
         hello = self._hello
