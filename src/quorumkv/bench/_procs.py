@@ -16,35 +16,16 @@ spawn.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    return hook
+from quorumkv.local import pdeathsig_hook
 
 
 class Proc:
@@ -91,7 +72,7 @@ class Proc:
                 stderr=log if pipes else subprocess.STDOUT,
                 env=None if env is None else dict(env),
                 start_new_session=True,
-                preexec_fn=_pdeathsig(),  # noqa: PLW1509 -- one ctypes call, no locks
+                preexec_fn=pdeathsig_hook(),  # noqa: PLW1509 -- one ctypes call, no locks
             )
 
     def kill(self) -> None:

@@ -24,7 +24,7 @@ import the server (nodes are processes, reached over TCP and HTTP only).
 
 from quorumkv.local._cluster import LocalCluster
 from quorumkv.local._http import node_health, node_status
-from quorumkv.local._process import NodeProcess
+from quorumkv.local._process import NodeProcess, pdeathsig_hook
 from quorumkv.local._spec import SPEC_FILE, ClusterSpec, NodeSpec, free_ports, read_spec
 
 __all__ = [
@@ -36,5 +36,6 @@ __all__ = [
     "free_ports",
     "node_health",
     "node_status",
+    "pdeathsig_hook",
     "read_spec",
 ]

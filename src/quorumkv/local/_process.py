@@ -32,7 +32,7 @@ _PR_SET_PDEATHSIG = 1
 _DEADLY = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-def _pdeathsig_hook() -> Callable[[], None] | None:
+def pdeathsig_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` that asks Linux to SIGTERM the child when we die, or None."""
     if not sys.platform.startswith("linux"):
         return None
@@ -115,7 +115,7 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 env=dict(env),
                 start_new_session=True,  # a Ctrl-C in the terminal reaches the supervisor only
-                preexec_fn=_pdeathsig_hook(),  # noqa: PLW1509 -- one ctypes call, no locks
+                preexec_fn=pdeathsig_hook(),  # noqa: PLW1509 -- one ctypes call, no locks
             )
         self.paused = False
         self.expected_down = False
