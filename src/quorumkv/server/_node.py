@@ -118,6 +118,8 @@ from ._peers import PeerLink, link_hello, send_snapshot, snap_hello
 log = logging.getLogger("quorumkv.server")
 
 GROUP = GroupId(1)
+_EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+"""What a leader may send before its own fsync (``_handle_ready``)."""
 _OP_NAMES = {
     OP_WRITE: "write",
     OP_READ: "read",
@@ -190,6 +192,8 @@ class Node:
             heartbeat_tick=cfg.heartbeat_ticks,
         )
         self.raw = RawNode(rcfg, state, random.Random(), logging.getLogger("quorumkv.raft"))
+        self._durable_vote = (state.hard_state.term, state.hard_state.vote)
+        """(term, vote) of the last hard state made durable."""
         self.metrics = Metrics(self._gauges)
         self.links: dict[int, PeerLink] = {}
         self.dirty: list[ClientConn] = []
@@ -525,9 +529,7 @@ class Node:
             self._handle_ready(rd)
             raw.advance(rd)
             self.metrics.ready_seconds.observe(time.perf_counter() - t0)
-        for link in self.links.values():
-            if not link.flush():
-                raw.report_unreachable(NodeId(link.peer_id))
+        self._flush_links()
         if self.dirty:
             out = 0
             for conn in self.dirty:
@@ -574,14 +576,32 @@ class Node:
     def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._role_changed(rd)
+        cache = EntryCache()
+        late = rd.messages
+        hs = rd.hard_state
+        if rd.messages and (hs is None or (hs.term, hs.vote) == self._durable_vote):
+            # A leader's appends and heartbeats go out before its own fsync (thesis
+            # 10.2.1): the core counts the leader's own entries only once advance()
+            # says they are durable, so the disk and the followers work in parallel.
+            # Everything else (votes, acks) waits for the fsync, and nothing goes
+            # early if this Ready changes the term or the vote.
+            late = tuple(m for m in rd.messages if m.type not in _EARLY)
+            if len(late) < len(rd.messages):
+                for m in rd.messages:
+                    if m.type in _EARLY:
+                        self._send(m, cache)
+                self._flush_links()
         self.storage.write_ready(GROUP, rd)
         if rd.must_sync:
             t0 = time.perf_counter()
             self.storage.sync()
             self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
-        cache = EntryCache()
-        for m in rd.messages:
+        if hs is not None:
+            self._durable_vote = (hs.term, hs.vote)
+        for m in late:
             self._send(m, cache)
+        # Acks leave before this node applies: applying is off the commit path.
+        self._flush_links()
         if rd.snapshot is not None:
             self._learn_members(rd.snapshot.data)
             self.snapshot_index = int(rd.snapshot.meta.index)
@@ -595,6 +615,11 @@ class Node:
                 self.ready_reads.append(batch)
         if self.ready_reads:
             self._serve_reads()
+
+    def _flush_links(self) -> None:
+        for link in self.links.values():
+            if not link.flush():
+                self.raw.report_unreachable(NodeId(link.peer_id))
 
     def _send(self, m: Message, cache: EntryCache) -> None:
         to = int(m.to)
