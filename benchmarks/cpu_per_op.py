@@ -42,6 +42,14 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _machine() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, every core, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]  # idle + iowait
+    return float(sum(vals) - idle), float(sum(vals))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--op", default="put", choices=("put", "get"))
@@ -75,6 +83,7 @@ def main() -> None:
         before: dict[str, float] = {}
         after: dict[str, float] = {}
         clock: list[float] = []
+        machine: list[tuple[float, float]] = []
         spies: list[subprocess.Popen[bytes]] = []
 
         def start(pid: int) -> None:
@@ -84,6 +93,7 @@ def main() -> None:
             clock.append(time.monotonic())
             every = {**pids, "generator": gen_pid[0]}
             before.update({k: _cpu(p) for k, p in every.items()})
+            machine.append(_machine())
             if args.spy:
                 args.spy.mkdir(parents=True, exist_ok=True)
                 for name, pid in every.items():
@@ -99,6 +109,7 @@ def main() -> None:
             clock.append(time.monotonic())
             every = {**pids, "generator": gen_pid[0]}
             after.update({k: _cpu(p) for k, p in every.items()})
+            machine.append(_machine())
 
         spec = LoadSpec(
             "quorumkv", eps, args.op, concurrency=args.concurrency, warmup=args.warmup,
@@ -119,6 +130,9 @@ def main() -> None:
             total += used
             print(f"  {name:20s} {used / ops * 1e6:7.1f} us/op   busy {used / window:5.0%}")
         print(f"  {'all':20s} {total / ops * 1e6:7.1f} us/op   busy {total / window:5.0%}")
+        (b0, t0), (b1, t1) = machine
+        cores = os.cpu_count() or 1
+        print(f"  machine: {(b1 - b0) / (t1 - t0):.0%} of {cores} cores busy over the window")
 
 
 if __name__ == "__main__":

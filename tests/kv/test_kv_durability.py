@@ -117,10 +117,42 @@ def test_full_map_rolls_back_the_batch(tmp_path: Path) -> None:
     ok = [(i, encode_command(Command(0, 0, PutRequest(b"k%d" % i, big)))) for i in (1, 2)]
     store.apply(ok)
     too_much = [
-        (i, encode_command(Command(0, 0, PutRequest(b"k%d" % i, big)))) for i in range(3, 20)
+        (i, encode_command(Command(0, 0, PutRequest(b"k%d" % (i % 4), big)))) for i in range(3, 20)
     ]
     with pytest.raises(StoreFullError, match="map is full"):
         store.apply(too_much)
+    # The in-memory key index is rolled back with the engine: k1 still has only its
+    # first revision, and the keys the batch created are gone.
     assert store.applied_index() == 2 and store.revision() == 3
     assert store.range(RangeRequest(b"k", ALL_KEYS, count_only=True)).count == 2
+    k1 = store.get(b"k1")
+    assert k1 is not None and k1.mod_revision == 2 and k1.version == 1
+    assert store.stats()["index"] == store.stats()["rev"] == 2
     store.close()
+
+
+def test_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A store written when the key index was an LMDB database opens as format 2: the
+    old ``index`` database is dropped and the in-memory index rebuilt from ``rev``."""
+    import lmdb
+
+    path = tmp_path / "kv"
+    with MVCCStore(path, map_size=1 << 30) as store:
+        store.apply([(1, encode_command(Command(0, 0, PutRequest(b"a", b"1"))))])
+    env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        old = env.open_db(b"index", txn=txn, dupsort=True)
+        txn.put(b"a", b"\0" * 17, db=old)
+        meta = env.open_db(b"meta", txn=txn)
+        txn.put(b"format", (1).to_bytes(8, "big"), db=meta)
+    env.close()
+    with MVCCStore(path, map_size=1 << 30) as store:
+        kv = store.get(b"a")
+        assert kv is not None and kv.value == b"1"
+        assert store.stats()["keys"] == 1
+    env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30, readonly=True)
+    with env.begin() as txn:
+        names = {bytes(k) for k, _ in txn.cursor().iternext()}
+        fmt = txn.get(b"format", db=env.open_db(b"meta", txn=txn, create=False))
+    env.close()
+    assert b"index" not in names and int.from_bytes(fmt, "big") == 2

@@ -2,23 +2,23 @@
 
 Theory of operation
 -------------------
-The layout follows etcd's mvcc (a per-key index of revisions plus a revision-keyed
-store), with LMDB's sorted, duplicate-sorted databases standing in for etcd's btree:
+The layout follows etcd's mvcc: a revision-keyed store in the engine plus a per-key
+index of revisions, which (as etcd's ``treeIndex``) lives in memory (``KeyIndex``):
 
 ``rev``
     ``(main, sub)`` as 16 big-endian bytes -> msgpack ``[key, value, create_revision,
     mod_revision, version, lease, tombstone]``. Every write (a put, or a delete of one
     live key) is one record; the records of one write txn share ``main`` and are
-    ordered by ``sub``, as in etcd. Keys only ever grow, so writes append.
-``index`` (``dupsort``)
-    user key -> one 17-byte pointer ``(main, sub, tombstone)`` per surviving revision of
-    the key. Duplicates sort bytewise, which for big-endian numbers is revision order,
-    so a key's newest revision is its last duplicate and its newest revision at or below
-    ``R`` is one ``MDB_GET_BOTH_RANGE`` seek and one step back.
+    ordered by ``sub``, as in etcd. Keys only ever grow, so writes append, and a batch
+    of writes dirties only the tail pages of the database (its commit syncs a few
+    pages, not one random page per key written).
+``KeyIndex``
+    user key -> its surviving revisions, each with a tombstone bit; rebuilt from
+    ``rev`` when the store opens.
 
-A key is live at revision ``R`` when its newest pointer at or below ``R`` exists and is
-not a tombstone. A range at ``R`` walks ``index`` from the start key, one step per user
-key, and reads the ``rev`` record only for keys it returns (never for ``count_only``).
+A key is live at revision ``R`` when its newest revision at or below ``R`` exists and is
+not a tombstone. A range at ``R`` walks the index's sorted keys from the start key and
+reads the ``rev`` record only for keys it returns (never for ``count_only``).
 
 Compaction at ``C`` keeps, per key, only the newest revision at or below ``C`` unless it
 is a tombstone, and everything above ``C``; reads at ``R >= C`` therefore see exactly
@@ -31,8 +31,9 @@ the compares on its path), so a refused request leaves nothing behind and ``appl
 carry on with the batch. Compares of nested txns are judged against the state before
 the outer txn, as etcd's ``compareToPath`` does.
 
-This module must never commit, abort or open transactions: the caller owns them (one
-write transaction per applied batch). It never reads a clock or does I/O of its own.
+This module must never commit, abort or open transactions, nor begin or end the index's
+journal: the caller owns them (one write transaction per applied batch). It never reads
+a clock or does I/O of its own.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from typing import Any
 
 from quorumkv.kv._codec import pack, unpack
 from quorumkv.kv._errors import CompactedError, FutureRevisionError
+from quorumkv.kv._index import KeyIndex, make_rev, rev_key
 from quorumkv.kv._types import (
-    ALL_KEYS,
     CompactionRequest,
     CompactionResponse,
     Compare,
@@ -68,7 +69,6 @@ from quorumkv.kv._types import (
 )
 
 _REV = struct.Struct(">QQ")
-_PTR = struct.Struct(">QQB")
 _COMPACT_CHUNK = 4096  # keys handled per pass of a compaction
 
 
@@ -77,53 +77,15 @@ class Dbs:
     """The named LMDB databases of one environment (handles are ``lmdb._Database``)."""
 
     rev: Any
-    index: Any
     meta: Any
     sessions: Any
 
 
-def _record(txn: Any, dbs: Dbs, ptr: bytes) -> KeyValue:
-    data = txn.get(ptr[:16], db=dbs.rev)
-    assert data is not None, f"index points at missing revision {_PTR.unpack(ptr)}"
+def _record(txn: Any, dbs: Dbs, rev: int) -> KeyValue:
+    data = txn.get(rev_key(rev), db=dbs.rev)
+    assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
     key, value, create, mod, version, lease, _ = unpack(data)
     return KeyValue(key, value, create, mod, version, lease)
-
-
-def _pick(cur: Any, key: bytes, at: int | None) -> bytes | None:
-    """Pointer of ``key``'s newest revision at or below ``at`` (None: newest of all).
-    The cursor must be on ``key``; afterwards it is on ``key`` or unpositioned."""
-    if at is None:
-        cur.last_dup()
-        return bytes(cur.value())
-    if cur.set_range_dup(key, _PTR.pack(at + 1, 0, 0)):
-        return bytes(cur.value()) if cur.prev_dup() else None
-    cur.set_key(key)  # every revision of key is at or below ``at``
-    cur.last_dup()
-    return bytes(cur.value())
-
-
-def live_keys(
-    txn: Any, dbs: Dbs, key: bytes, range_end: bytes, at: int | None
-) -> Iterator[tuple[bytes, bytes]]:
-    """``(key, pointer)`` of every key live at ``at`` in the request's range, in key
-    order. Do not write to ``index`` while iterating."""
-    cur = txn.cursor(db=dbs.index)
-    if not range_end:
-        if cur.set_key(key):
-            ptr = _pick(cur, key, at)
-            if ptr is not None and not ptr[16]:
-                yield key, ptr
-        return
-    end = None if range_end == ALL_KEYS else range_end
-    ok = cur.set_range(key)
-    while ok:
-        k = bytes(cur.key())
-        if end is not None and k >= end:
-            return
-        ptr = _pick(cur, k, at)
-        if ptr is not None and not ptr[16]:
-            yield k, ptr
-        ok = cur.next_nodup() if at is None else cur.set_range(k + b"\x00")
 
 
 _SORT_KEYS = {
@@ -143,7 +105,13 @@ def check_read_revision(revision: int, current: int, compacted: int) -> None:
 
 
 def read_range(
-    txn: Any, dbs: Dbs, req: RangeRequest, current: int, compacted: int, header: int
+    txn: Any,
+    dbs: Dbs,
+    index: KeyIndex,
+    req: RangeRequest,
+    current: int,
+    compacted: int,
+    header: int,
 ) -> RangeResponse:
     """Serve ``req`` against the state at ``current`` (or the older ``req.revision``).
     ``header`` is the revision the response reports. Sort ties fall back to key order."""
@@ -154,12 +122,12 @@ def read_range(
         order = SortOrder.ASCEND
     natural = order is SortOrder.ASCEND and target is SortTarget.KEY
     count = 0
-    ptrs: list[bytes] = []
-    for _, ptr in live_keys(txn, dbs, req.key, req.range_end, at):
+    revs: list[int] = []
+    for _, rev in index.live(req.key, req.range_end, at):
         count += 1
-        if not req.count_only and (not natural or not req.limit or len(ptrs) < req.limit):
-            ptrs.append(ptr)
-    kvs = [_record(txn, dbs, p) for p in ptrs]
+        if not req.count_only and (not natural or not req.limit or len(revs) < req.limit):
+            revs.append(rev)
+    kvs = [_record(txn, dbs, r) for r in revs]
     if not natural:
         kvs.sort(key=_SORT_KEYS[target], reverse=order is SortOrder.DESCEND)
         if req.limit:
@@ -177,9 +145,10 @@ class Executor:
     """Runs requests in one write transaction. ``current`` and ``compacted`` are the
     state's revisions as of the last request; the caller persists them."""
 
-    def __init__(self, txn: Any, dbs: Dbs, current: int, compacted: int) -> None:
+    def __init__(self, txn: Any, dbs: Dbs, index: KeyIndex, current: int, compacted: int) -> None:
         self.txn = txn
         self.dbs = dbs
+        self.index = index
         self.current = current
         self.compacted = compacted
         self._sub = 0  # writes so far in the running request; they share ``current + 1``
@@ -231,9 +200,10 @@ class Executor:
         return mine > theirs  # type: ignore[operator]
 
     def _get(self, key: bytes) -> KeyValue | None:
-        for _, ptr in live_keys(self.txn, self.dbs, key, b"", None):
-            return _record(self.txn, self.dbs, ptr)
-        return None
+        rev = self.index.pick(key, None)
+        if rev is None or rev & 1:
+            return None
+        return _record(self.txn, self.dbs, rev)
 
     # -- operations --------------------------------------------------------------------
 
@@ -247,7 +217,7 @@ class Executor:
             return self._delete(op)
         if isinstance(op, RangeRequest):
             cur = self._header()
-            return read_range(self.txn, self.dbs, op, cur, self.compacted, cur)
+            return read_range(self.txn, self.dbs, self.index, op, cur, self.compacted, cur)
         assert isinstance(op, TxnRequest)
         ok = next(path)
         responses = tuple(self._op(sub, path) for sub in (op.success if ok else op.failure))
@@ -256,11 +226,11 @@ class Executor:
     def _write(self, key: bytes, kv: KeyValue, tombstone: bool) -> None:
         main, sub = self.current + 1, self._sub
         self._sub += 1
-        rev = _REV.pack(main, sub)
+        rev = make_rev(main, sub, tombstone)
         doc = [key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease]
-        ok = self.txn.put(rev, pack([*doc, tombstone]), db=self.dbs.rev, append=True)
+        ok = self.txn.put(rev_key(rev), pack([*doc, tombstone]), db=self.dbs.rev, append=True)
         assert ok, f"revision {(main, sub)} is not above every stored revision"
-        self.txn.put(key, _PTR.pack(main, sub, tombstone), db=self.dbs.index)
+        self.index.add(key, rev)
 
     def _put(self, op: PutRequest) -> PutResponse:
         prev = self._get(op.key)
@@ -273,12 +243,12 @@ class Executor:
         return PutResponse(main, prev if op.prev_kv else None)
 
     def _delete(self, op: DeleteRangeRequest) -> DeleteRangeResponse:
-        victims = list(live_keys(self.txn, self.dbs, op.key, op.range_end, None))
+        victims = list(self.index.live(op.key, op.range_end, None))
         prev: list[KeyValue] = []
         main = self.current + 1
-        for key, ptr in victims:
+        for key, rev in victims:
             if op.prev_kv:
-                prev.append(_record(self.txn, self.dbs, ptr))
+                prev.append(_record(self.txn, self.dbs, rev))
             self._write(key, KeyValue(key, b"", 0, main, 0, 0), tombstone=True)
         return DeleteRangeResponse(self._header(), len(victims), tuple(prev))
 
@@ -314,16 +284,9 @@ class Executor:
         return list(keys), b""
 
     def _compact_key(self, key: bytes, revision: int) -> None:
-        cur = self.txn.cursor(db=self.dbs.index)
-        if not cur.set_key(key):
-            return  # an earlier pass of this compaction already dropped it all
-        old = [bytes(p) for p in cur.iternext_dup(keys=False)]
-        old = [p for p in old if _PTR.unpack(p)[0] <= revision]
-        drop = old[:-1] if old and not old[-1][16] else old
-        for ptr in drop:
-            gone = self.txn.delete(key, ptr, db=self.dbs.index)
-            gone &= self.txn.delete(ptr[:16], db=self.dbs.rev)
-            assert gone, f"compaction lost track of {key!r} at {_PTR.unpack(ptr)}"
+        for rev in self.index.compact(key, revision):
+            gone = self.txn.delete(rev_key(rev), db=self.dbs.rev)
+            assert gone, f"compaction lost track of {key!r} at {rev_key(rev).hex()}"
 
 
 _TARGETS = {

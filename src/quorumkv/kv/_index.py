@@ -1,0 +1,216 @@
+"""``KeyIndex``: every user key's surviving revisions, in memory (etcd's ``treeIndex``).
+
+Theory of operation
+-------------------
+The engine stores records by revision only (``rev``: appended in revision order, so a
+batch dirties a few tail pages, not one random page per key). What a read needs first,
+"which revision of key K is newest at or below R", is answered here, from memory, and
+then one record is read by revision. The index is rebuilt at start by one pass over the
+records (``rebuild``), as etcd rebuilds its ``treeIndex`` from bbolt.
+
+A revision is one int: ``main << 33 | sub << 1 | tombstone``, so ints sort as etcd's
+``(main, sub)`` pairs and the low bit says whether the write was a delete. A key with
+one surviving revision maps to that int, a key with more to a list of them in
+ascending order (most keys have one: this halves the memory). ``keys`` keeps the keys
+sorted (``sortedcontainers.SortedList``) for range reads.
+
+Changes made while applying a batch are journaled (``begin`` ... ``commit`` or
+``rollback``), so a batch whose engine transaction aborts leaves the index exactly as
+the engine is. This module owns the in-memory index only: it never touches the engine
+and never decides what is live at a revision beyond the rules above.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from quorumkv.kv._types import ALL_KEYS
+
+_SUB_BITS = 32
+_SUB_MASK = (1 << _SUB_BITS) - 1
+_MAIN_SHIFT = _SUB_BITS + 1
+_REV = struct.Struct(">QQ")
+
+_ADDED = object()  # journal: this key got one revision appended
+
+
+def make_rev(main: int, sub: int, tombstone: bool) -> int:
+    """The index's int for revision ``(main, sub)``."""
+    return (main << _MAIN_SHIFT) | (sub << 1) | tombstone
+
+
+def rev_main(rev: int) -> int:
+    return rev >> _MAIN_SHIFT
+
+
+def rev_key(rev: int) -> bytes:
+    """The engine key of ``rev``'s record: ``(main, sub)`` as 16 big-endian bytes."""
+    return _REV.pack(rev >> _MAIN_SHIFT, (rev >> 1) & _SUB_MASK)
+
+
+def rev_from_key(key: bytes, tombstone: bool) -> int:
+    main, sub = _REV.unpack(key)
+    return make_rev(main, sub, tombstone)
+
+
+def upper(at: int) -> int:
+    """The smallest revision int above every revision whose main is ``at``."""
+    return (at + 1) << _MAIN_SHIFT
+
+
+class KeyIndex:
+    """Key -> surviving revisions, for one store. Not thread-safe: the applying thread
+    writes; reads run on the same thread."""
+
+    __slots__ = ("_journal", "_keys", "_revisions", "_revs")
+
+    def __init__(self) -> None:
+        self._revs: dict[bytes, int | list[int]] = {}
+        self._keys: Any = SortedList()
+        self._revisions = 0
+        self._journal: list[tuple[bytes, Any]] | None = None
+
+    @classmethod
+    def rebuild(cls, records: Iterable[tuple[bytes, int]]) -> KeyIndex:
+        """An index of ``(key, rev)`` pairs given in ascending revision order."""
+        idx = cls()
+        revs = idx._revs
+        n = 0
+        for key, rev in records:
+            n += 1
+            old = revs.get(key)
+            if old is None:
+                revs[key] = rev
+            elif type(old) is int:
+                revs[key] = [old, rev]
+            else:
+                old.append(rev)  # type: ignore[union-attr]
+        idx._revisions = n
+        idx._keys = SortedList(revs)
+        return idx
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Keys with at least one surviving revision (tombstones count)."""
+        return len(self._revs)
+
+    def revisions(self) -> int:
+        """Surviving revisions of every key: the records the engine holds."""
+        return self._revisions
+
+    def pick(self, key: bytes, at: int | None) -> int | None:
+        """``key``'s newest revision with main at or below ``at`` (None: newest of all),
+        tombstones included; None if it has none."""
+        v = self._revs.get(key)
+        if v is None:
+            return None
+        if type(v) is int:
+            return v if at is None or v >> _MAIN_SHIFT <= at else None
+        assert isinstance(v, list)
+        if at is None:
+            return v[-1]
+        i = bisect_right(v, upper(at) - 1)
+        return v[i - 1] if i else None
+
+    def live(self, key: bytes, range_end: bytes, at: int | None) -> Iterator[tuple[bytes, int]]:
+        """``(key, rev)`` of every key live at ``at`` in etcd's range ``[key, range_end)``
+        (``range_end`` empty: ``key`` alone; ``ALL_KEYS``: everything from ``key``), in
+        key order. Do not change the index while iterating."""
+        pick = self.pick
+        if not range_end:
+            rev = pick(key, at)
+            if rev is not None and not rev & 1:
+                yield key, rev
+            return
+        end = None if range_end == ALL_KEYS else range_end
+        for k in self._keys.irange(key, end, inclusive=(True, False)):
+            rev = pick(k, at)
+            if rev is not None and not rev & 1:
+                yield k, rev
+
+    def all_revisions(self, key: bytes) -> list[int]:
+        v = self._revs.get(key)
+        if v is None:
+            return []
+        return [v] if type(v) is int else list(v)  # type: ignore[arg-type]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start journaling changes (one engine transaction)."""
+        self._journal = []
+
+    def commit(self) -> None:
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo every change since ``begin``."""
+        journal, self._journal = self._journal, None
+        for key, old in reversed(journal or ()):
+            if old is _ADDED:
+                self._unadd(key)
+            else:
+                self._set(key, old)
+
+    def add(self, key: bytes, rev: int) -> None:
+        """Record ``rev``, above every revision ``key`` has."""
+        revs = self._revs
+        old = revs.get(key)
+        if self._journal is not None:
+            self._journal.append((key, _ADDED))
+        if old is None:
+            revs[key] = rev
+            self._keys.add(key)
+        elif type(old) is int:
+            revs[key] = [old, rev]
+        else:
+            old.append(rev)  # type: ignore[union-attr]
+        self._revisions += 1
+
+    def compact(self, key: bytes, at: int) -> list[int]:
+        """Drop ``key``'s revisions that no read at ``at`` or later can see: all with main
+        at or below ``at`` but the newest, and that one too if it is a tombstone.
+        Returns the dropped revisions (their records must go too)."""
+        revs = self.all_revisions(key)
+        cut = bisect_right(revs, upper(at) - 1)
+        old = revs[:cut]
+        drop = old[:-1] if old and not old[-1] & 1 else old
+        if not drop:
+            return []
+        if self._journal is not None:
+            prev = self._revs.get(key)
+            self._journal.append((key, list(prev) if isinstance(prev, list) else prev))
+        keep = revs[len(drop) :]
+        self._set(key, keep[0] if len(keep) == 1 else (keep or None))
+        return drop
+
+    def _unadd(self, key: bytes) -> None:
+        v = self._revs[key]
+        self._revisions -= 1
+        if type(v) is int:
+            del self._revs[key]
+            self._keys.remove(key)
+            return
+        assert isinstance(v, list)
+        v.pop()
+        if len(v) == 1:
+            self._revs[key] = v[0]
+
+    def _set(self, key: bytes, value: int | list[int] | None) -> None:
+        old = self._revs.get(key)
+        self._revisions -= 0 if old is None else 1 if type(old) is int else len(old)  # type: ignore[arg-type]
+        if value is None:
+            if old is not None:
+                del self._revs[key]
+                self._keys.remove(key)
+            return
+        if old is None:
+            self._keys.add(key)
+        self._revs[key] = value
+        self._revisions += 1 if type(value) is int else len(value)  # type: ignore[arg-type]

@@ -1,0 +1,77 @@
+"""The in-memory key index: picking revisions, compaction, and the batch journal."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quorumkv.kv._index import KeyIndex, make_rev, rev_from_key, rev_key, rev_main
+from quorumkv.kv._types import ALL_KEYS
+
+
+def test_revision_ints_sort_as_pairs_and_round_trip() -> None:
+    revs = [make_rev(m, s, t) for m in (1, 2, 300) for s in (0, 1, 70_000) for t in (0, 1)]
+    assert revs == sorted(revs)
+    for r in revs:
+        assert rev_from_key(rev_key(r), bool(r & 1)) == r
+    assert rev_main(make_rev(300, 5, True)) == 300
+
+
+def test_pick_and_live_follow_tombstones_and_history() -> None:
+    idx = KeyIndex()
+    idx.add(b"a", make_rev(2, 0, False))
+    idx.add(b"b", make_rev(3, 0, False))
+    idx.add(b"a", make_rev(4, 0, True))  # deleted at 4
+    idx.add(b"a", make_rev(6, 0, False))  # back at 6
+    assert idx.pick(b"a", 1) is None
+    assert idx.pick(b"a", 3) == make_rev(2, 0, False)
+    assert idx.pick(b"a", 5) == make_rev(4, 0, True)
+    assert idx.pick(b"a", None) == make_rev(6, 0, False)
+    assert [k for k, _ in idx.live(b"a", ALL_KEYS, 5)] == [b"b"]
+    assert [k for k, _ in idx.live(b"a", ALL_KEYS, None)] == [b"a", b"b"]
+    assert [k for k, _ in idx.live(b"a", b"b", None)] == [b"a"]
+    assert list(idx.live(b"zz", b"", None)) == []
+
+
+def test_compaction_keeps_what_later_reads_see() -> None:
+    idx = KeyIndex()
+    for main in (2, 3, 5):
+        idx.add(b"k", make_rev(main, 0, False))
+    idx.add(b"gone", make_rev(2, 1, False))
+    idx.add(b"gone", make_rev(4, 0, True))
+    assert idx.compact(b"k", 4) == [make_rev(2, 0, False)]
+    assert idx.compact(b"gone", 4) == [make_rev(2, 1, False), make_rev(4, 0, True)]
+    assert idx.all_revisions(b"k") == [make_rev(3, 0, False), make_rev(5, 0, False)]
+    assert len(idx) == 1 and idx.revisions() == 2
+    assert [k for k, _ in idx.live(b"", ALL_KEYS, None)] == [b"k"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"a", b"b", b"c"]), st.booleans(), st.booleans()),
+        max_size=30,
+    ),
+    st.integers(0, 40),
+)
+def test_rollback_restores_exactly_the_state_before(
+    steps: list[tuple[bytes, bool, bool]], compact_at: int
+) -> None:
+    idx = KeyIndex()
+    main = 1
+    for key, tomb, _ in steps[: len(steps) // 2]:
+        main += 1
+        idx.add(key, make_rev(main, 0, tomb))
+    before = {k: idx.all_revisions(k) for k in (b"a", b"b", b"c")}
+    count = (len(idx), idx.revisions())
+    idx.begin()
+    for key, tomb, compact in steps[len(steps) // 2 :]:
+        main += 1
+        idx.add(key, make_rev(main, 0, tomb))
+        if compact:
+            idx.compact(key, compact_at)
+    idx.rollback()
+    assert {k: idx.all_revisions(k) for k in (b"a", b"b", b"c")} == before
+    assert (len(idx), idx.revisions()) == count
+    assert [k for k, _ in idx.live(b"", ALL_KEYS, None)] == sorted(
+        k for k, revs in before.items() if revs and not revs[-1] & 1
+    )
