@@ -303,3 +303,21 @@ def test_noops_old_indexes_and_bad_commands(h: Harness) -> None:
     assert res[1] == PutResponse(2) and res[4] == PutResponse(3, None)
     assert h.store.applied_index() == 5
     assert h.store.apply([(4, put)]) == [None]
+
+
+def test_encoded_results_are_the_results_encoded(h: Harness) -> None:
+    """``apply(encoded=True)`` hands back what ``encode_result`` makes of each result,
+    also for a session retry (answered from the stored bytes) and a bad command."""
+    from quorumkv.kv import decode_result, encode_result
+
+    put = h.entry(PutRequest(b"k", b"v", prev_kv=True), client=7, seq=1)
+    again = (h.index + 1, put[1])  # the same command, logged twice
+    h.index += 1
+    bad = (h.index + 1, b"\xc1 not a command")
+    h.index += 1
+    got = h.store.apply([put, again, bad], encoded=True)
+    assert all(isinstance(g, bytes) for g in got)
+    first, second, third = (decode_result(g) for g in got)
+    assert first == second == PutResponse(2, None)
+    assert isinstance(third, MalformedRequestError)
+    assert got[0] == encode_result(first)

@@ -173,11 +173,13 @@ class MVCCStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Result | None]:
+    def apply(self, entries: Sequence[tuple[int, bytes]], *, encoded: bool = False) -> list[Any]:
         """Apply committed entries, in index order, in one engine transaction; one
         result per entry: its response, the ``KVError`` it was refused with, or None
-        (no command, an old index, or a stale retry). Raises ``StoreFullError`` (nothing
-        applied) when the map is full."""
+        (no command, an old index, or a stale retry). With ``encoded``, each result
+        that is not None comes as ``encode_result`` of it, ready to send (a retry
+        answered from its session is then never decoded). Raises ``StoreFullError``
+        (nothing applied) when the map is full."""
         results: list[Result | None] = []
         applied = self._applied
         self._index.begin()
@@ -189,7 +191,7 @@ class MVCCStore:
                         results.append(None)
                         continue
                     applied = index
-                    results.append(self._apply_one(txn, ex, data) if data else None)
+                    results.append(self._apply_one(txn, ex, data, encoded) if data else None)
                 meta = self._dbs.meta
                 txn.put(_META_APPLIED, _U64.pack(applied), db=meta)
                 txn.put(_META_REVISION, _U64.pack(ex.current), db=meta)
@@ -207,11 +209,11 @@ class MVCCStore:
         self._applied, self._revision, self._compacted = applied, ex.current, ex.compacted
         return results
 
-    def _apply_one(self, txn: Any, ex: Executor, data: bytes) -> Result | None:
+    def _apply_one(self, txn: Any, ex: Executor, data: bytes, encoded: bool) -> Any:
         try:
             cmd = decode_command(data)
         except KVError as e:
-            return e
+            return encode_result(e) if encoded else e
         session = _U64.pack(cmd.client)
         if cmd.client:
             last = txn.get(session, db=self._dbs.sessions)
@@ -220,15 +222,17 @@ class MVCCStore:
                 if cmd.seq < seq:
                     return None  # the client has moved on; nobody waits for this answer
                 if cmd.seq == seq:
-                    return decode_result(stored)
+                    return stored if encoded else decode_result(stored)
         result: Result
         try:
             result = ex.run(cmd.request)
         except KVError as e:
             result = e
-        if cmd.client:
-            txn.put(session, pack([cmd.seq, encode_result(result)]), db=self._dbs.sessions)
-        return result
+        if not cmd.client:
+            return encode_result(result) if encoded else result
+        enc = encode_result(result)
+        txn.put(session, pack([cmd.seq, enc]), db=self._dbs.sessions)
+        return enc if encoded else result
 
     # -- reads -------------------------------------------------------------------------------
 

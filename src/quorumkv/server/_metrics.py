@@ -27,7 +27,8 @@ attribute               exposed as                                   counts / me
 ``gauge_errors``        ``quorumkv_gauge_callback_errors_total``     failed gauge callbacks
 ``fsync_seconds``       ``quorumkv_wal_fsync_seconds``               one WAL fsync
 ``apply_seconds``       ``quorumkv_apply_seconds``                   one apply batch
-``commit_seconds``      ``quorumkv_commit_seconds``                  propose -> applied (leader)
+``commit_seconds``      ``quorumkv_commit_seconds``                  propose -> applied (leader,
+                                                                     oldest write a batch)
 ``ready_seconds``       ``quorumkv_ready_seconds``                   one full Ready cycle
 ``batch_entries``       ``quorumkv_apply_batch_entries``             entries per apply batch
 ======================  ===========================================  ==================
@@ -179,7 +180,7 @@ class Metrics:
         )
         self.commit_seconds = self._histogram(
             "commit_seconds",
-            "From proposal to applied for one write, on the leader.",
+            "From proposal to applied on the leader, for the oldest write of each batch.",
             LATENCY_BUCKETS,
         )
         self.ready_seconds = self._histogram(

@@ -643,15 +643,16 @@ class Node:
             else:
                 batch.append((e.index, e.data))
         t0 = time.perf_counter()
-        results = self.kv.apply(batch)
+        results = self.kv.apply(batch, encoded=True)
         now = time.perf_counter()
         self.metrics.apply_seconds.observe(now - t0)
         self.metrics.batch_entries.observe(len(batch))
         self.metrics.applied_entries.inc(len(batch))
         if self.waiting:
-            mono = time.monotonic()
+            waiting = self.waiting
+            oldest = 0.0
             for e, res in zip(rd.committed, results, strict=True):
-                w = self.waiting.pop(int(e.index), None)
+                w = waiting.pop(e.index, None)
                 if w is None:
                     continue
                 if e.term != w.term:
@@ -659,8 +660,12 @@ class Node:
                 elif res is None:
                     self._error(w.conn, w.req_id, ERR_BAD_REQUEST, "stale session sequence")
                 else:
-                    w.conn.reply(w.req_id, OK, encode_result(res))
-                    self.metrics.commit_seconds.observe(mono - w.t0)
+                    w.conn.reply(w.req_id, OK, res)
+                    oldest = oldest or w.t0
+            if oldest:
+                # One sample a batch (its oldest write): a histogram observation per
+                # write cost the leader 2.5% of its CPU.
+                self.metrics.commit_seconds.observe(time.monotonic() - oldest)
         if conf_changed:
             self.loop.call_soon(self._sync_links)
         if self.apply_waiters:
