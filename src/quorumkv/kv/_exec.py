@@ -223,33 +223,41 @@ class Executor:
         responses = tuple(self._op(sub, path) for sub in (op.success if ok else op.failure))
         return TxnResponse(self._header(), ok, responses)
 
-    def _write(self, key: bytes, kv: KeyValue, tombstone: bool) -> None:
+    def _write(
+        self, key: bytes, value: bytes, create: int, version: int, lease: int, tombstone: bool
+    ) -> None:
         main, sub = self.current + 1, self._sub
         self._sub += 1
         rev = make_rev(main, sub, tombstone)
-        doc = [key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease]
-        ok = self.txn.put(rev_key(rev), pack([*doc, tombstone]), db=self.dbs.rev, append=True)
+        doc = pack([key, value, create, main, version, lease, tombstone])
+        ok = self.txn.put(rev_key(rev), doc, db=self.dbs.rev, append=True)
         assert ok, f"revision {(main, sub)} is not above every stored revision"
         self.index.add(key, rev)
 
     def _put(self, op: PutRequest) -> PutResponse:
-        prev = self._get(op.key)
+        # The hot path of the state machine: the previous record is unpacked but only
+        # made a KeyValue when the request asks for it.
         main = self.current + 1
-        if prev is None:
-            kv = KeyValue(op.key, op.value, main, main, 1, op.lease)
-        else:
-            kv = KeyValue(op.key, op.value, prev.create_revision, main, prev.version + 1, op.lease)
-        self._write(op.key, kv, tombstone=False)
-        return PutResponse(main, prev if op.prev_kv else None)
+        key = op.key
+        rev = self.index.pick(key, None)
+        if rev is None or rev & 1:
+            self._write(key, op.value, main, 1, op.lease, False)
+            return PutResponse(main, None)
+        data = self.txn.get(rev_key(rev), db=self.dbs.rev)
+        assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
+        _, value, create, mod, version, lease, _ = unpack(data)
+        self._write(key, op.value, create, version + 1, op.lease, False)
+        if not op.prev_kv:
+            return PutResponse(main, None)
+        return PutResponse(main, KeyValue(key, value, create, mod, version, lease))
 
     def _delete(self, op: DeleteRangeRequest) -> DeleteRangeResponse:
         victims = list(self.index.live(op.key, op.range_end, None))
         prev: list[KeyValue] = []
-        main = self.current + 1
         for key, rev in victims:
             if op.prev_kv:
                 prev.append(_record(self.txn, self.dbs, rev))
-            self._write(key, KeyValue(key, b"", 0, main, 0, 0), tombstone=True)
+            self._write(key, b"", 0, 0, 0, True)
         return DeleteRangeResponse(self._header(), len(victims), tuple(prev))
 
     # -- compaction ----------------------------------------------------------------------
