@@ -98,8 +98,8 @@ def main() -> None:
                 args.spy.mkdir(parents=True, exist_ok=True)
                 for name, pid in every.items():
                     out = args.spy / (name.split(" ")[0] + f"-{pid}.txt")
-                    argv = ["py-spy", "record", "-p", str(pid), "-r", "200", "-f", "raw"]
-                    argv += ["--idle", "--nonblocking", "-d", str(int(args.duration))]
+                    argv = ["py-spy", "record", "-p", str(pid), "-r", "100", "-f", "raw"]
+                    argv += ["--nonblocking", "-d", str(int(args.duration))]
                     argv += ["-o", str(out)]
                     spies.append(
                         subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

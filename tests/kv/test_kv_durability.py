@@ -136,20 +136,28 @@ def test_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     old ``index`` database is dropped and the in-memory index rebuilt from ``rev``."""
     import lmdb
 
+    from quorumkv.kv._codec import pack
+
     path = tmp_path / "kv"
+    put = encode_command(Command(9, 1, PutRequest(b"a", b"1")))
     with MVCCStore(path, map_size=1 << 30) as store:
-        store.apply([(1, encode_command(Command(0, 0, PutRequest(b"a", b"1"))))])
+        (answer,) = store.apply([(1, put)], encoded=True)
     env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:
         old = env.open_db(b"index", txn=txn, dupsort=True)
         txn.put(b"a", b"\0" * 17, db=old)
         meta = env.open_db(b"meta", txn=txn)
         txn.put(b"format", (1).to_bytes(8, "big"), db=meta)
+        sessions = env.open_db(b"sessions", txn=txn)
+        txn.put((9).to_bytes(8, "big"), pack([1, answer]), db=sessions)  # format 1's form
     env.close()
     with MVCCStore(path, map_size=1 << 30) as store:
         kv = store.get(b"a")
         assert kv is not None and kv.value == b"1"
         assert store.stats()["keys"] == 1
+        # The retried command is answered from its upgraded session, not applied again.
+        assert store.apply([(2, put)], encoded=True) == [answer]
+        assert store.revision() == 2
     env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30, readonly=True)
     with env.begin() as txn:
         names = {bytes(k) for k, _ in txn.cursor().iternext()}

@@ -12,8 +12,9 @@ invariant, or a full map) is rolled back entirely; the store keeps its previous 
 
 Each entry's data is a command (``encode_command``): client id, sequence number and
 request. As in ``quorumkv.sim``'s toy machine, the ``sessions`` database keeps each
-client's last sequence number and encoded result, in the same transaction; a retried
-command is answered from there and changes nothing (exactly-once, thesis 6.3). Empty
+client's last sequence number and encoded result (8 bytes of seq, then the result), in
+the same transaction; a retried command is answered from there and changes nothing
+(exactly-once, thesis 6.3). Empty
 data (Raft's no-op and configuration entries) only advances the applied index; entries
 at or below the applied index are skipped (``None``), so replaying a log from an older
 point is harmless.
@@ -66,8 +67,9 @@ DEFAULT_MAP_SIZE = 64 << 30
 
 _U64 = struct.Struct(">Q")
 _FORMAT = 2
-"""1 kept the key index in an LMDB database (``index``); 2 keeps it in memory. A format 1
-store is upgraded in place when opened (the ``index`` database is dropped)."""
+"""1 kept the key index in an LMDB database (``index``) and a session as msgpack
+``[seq, result]``; 2 keeps the index in memory and a session as 8 big-endian bytes of
+seq followed by the encoded result. A format 1 store is upgraded in place when opened."""
 _SNAP_MAGIC = "quorumkv-mvcc-snapshot"
 _SNAP_CHUNK = 1 << 20
 _DB_NAMES = ("rev", "meta", "sessions")
@@ -77,6 +79,16 @@ _META_APPLIED, _META_REVISION, _META_COMPACTED, _META_FORMAT = (
     b"compacted",
     b"format",
 )
+
+
+def _upgrade_from_1(env: Any, txn: Any, dbs: Dbs) -> None:
+    """Format 1 -> 2, in the opening transaction: drop the index database and rewrite
+    every session record."""
+    txn.drop(env.open_db(b"index", txn=txn, dupsort=True), delete=True)
+    sessions = [(bytes(k), unpack(v)) for k, v in txn.cursor(db=dbs.sessions).iternext()]
+    for k, (seq, result) in sessions:
+        txn.put(k, _U64.pack(seq) + result, db=dbs.sessions)
+    txn.put(_META_FORMAT, _U64.pack(_FORMAT), db=dbs.meta)
 
 
 def _index_records(txn: Any, rev_db: Any) -> Iterator[tuple[bytes, int]]:
@@ -125,8 +137,7 @@ class MVCCStore:
                 txn.put(_META_REVISION, _U64.pack(1), db=self._dbs.meta)  # etcd starts at 1
                 txn.put(_META_COMPACTED, _U64.pack(0), db=self._dbs.meta)
             elif _u64(fmt) == 1:
-                txn.drop(self._env.open_db(b"index", txn=txn, dupsort=True), delete=True)
-                txn.put(_META_FORMAT, _U64.pack(_FORMAT), db=self._dbs.meta)
+                _upgrade_from_1(self._env, txn, self._dbs)
             elif _u64(fmt) != _FORMAT:
                 raise KVError(f"{self.path}: unknown store format {_u64(fmt)}")
             self._applied = _u64(txn.get(_META_APPLIED, db=self._dbs.meta))
@@ -218,10 +229,11 @@ class MVCCStore:
         if cmd.client:
             last = txn.get(session, db=self._dbs.sessions)
             if last is not None:
-                seq, stored = unpack(last)
+                seq = _U64.unpack_from(last)[0]
                 if cmd.seq < seq:
                     return None  # the client has moved on; nobody waits for this answer
                 if cmd.seq == seq:
+                    stored = bytes(last[8:])
                     return stored if encoded else decode_result(stored)
         result: Result
         try:
@@ -231,7 +243,7 @@ class MVCCStore:
         if not cmd.client:
             return encode_result(result) if encoded else result
         enc = encode_result(result)
-        txn.put(session, pack([cmd.seq, enc]), db=self._dbs.sessions)
+        txn.put(session, _U64.pack(cmd.seq) + enc, db=self._dbs.sessions)
         return enc if encoded else result
 
     # -- reads -------------------------------------------------------------------------------
