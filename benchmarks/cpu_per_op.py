@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -40,6 +41,26 @@ def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+_HISTOGRAMS = (
+    "quorumkv_wal_fsync_seconds",
+    "quorumkv_apply_seconds",
+    "quorumkv_ready_seconds",
+    "quorumkv_apply_batch_entries",
+)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """The ``_sum`` and ``_count`` of the node's histograms in ``_HISTOGRAMS``."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in _HISTOGRAMS:
+            out[name] = float(value)
+    return out
 
 
 def _machine() -> tuple[float, float]:
@@ -83,6 +104,8 @@ def main() -> None:
         before: dict[str, float] = {}
         after: dict[str, float] = {}
         clock: list[float] = []
+        lead_url = cluster.http_urls[lead - 1]
+        scraped: list[dict[str, float]] = []
         machine: list[tuple[float, float]] = []
         spies: list[subprocess.Popen[bytes]] = []
 
@@ -94,6 +117,7 @@ def main() -> None:
             every = {**pids, "generator": gen_pid[0]}
             before.update({k: _cpu(p) for k, p in every.items()})
             machine.append(_machine())
+            scraped.append(_scrape(lead_url))
             if args.spy:
                 args.spy.mkdir(parents=True, exist_ok=True)
                 for name, pid in every.items():
@@ -110,6 +134,7 @@ def main() -> None:
             every = {**pids, "generator": gen_pid[0]}
             after.update({k: _cpu(p) for k, p in every.items()})
             machine.append(_machine())
+            scraped.append(_scrape(lead_url))
 
         spec = LoadSpec(
             "quorumkv", eps, args.op, concurrency=args.concurrency, warmup=args.warmup,
@@ -133,6 +158,14 @@ def main() -> None:
         (b0, t0), (b1, t1) = machine
         cores = os.cpu_count() or 1
         print(f"  machine: {(b1 - b0) / (t1 - t0):.0%} of {cores} cores busy over the window")
+        m0, m1 = scraped
+        for h in _HISTOGRAMS:
+            n = m1[h + "_count"] - m0[h + "_count"]
+            total_s = m1[h + "_sum"] - m0[h + "_sum"]
+            if n:
+                short = h.removeprefix("quorumkv_")
+                share = f"  {total_s / window:5.1%} of the time" if h.endswith("_seconds") else ""
+                print(f"  leader {short:24s} {n / window:7.0f}/s  mean {total_s / n:.4g}{share}")
 
 
 if __name__ == "__main__":

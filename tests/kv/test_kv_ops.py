@@ -321,3 +321,17 @@ def test_encoded_results_are_the_results_encoded(h: Harness) -> None:
     assert first == second == PutResponse(2, None)
     assert isinstance(third, MalformedRequestError)
     assert got[0] == encode_result(first)
+
+
+def test_before_commit_sees_the_results_and_can_veto_the_batch(h: Harness) -> None:
+    seen: list[list[object]] = []
+    h.store.apply([h.entry(PutRequest(b"a", b"1"))], before_commit=seen.append)
+    assert seen == [[PutResponse(2, None)]]
+
+    def boom(_: list[object]) -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        h.store.apply([h.entry(PutRequest(b"b", b"2"))], before_commit=boom)
+    assert h.store.get(b"b") is None and h.store.applied_index() == 1
+    assert h.store.stats()["keys"] == 1

@@ -43,7 +43,7 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +184,21 @@ class MVCCStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def apply(self, entries: Sequence[tuple[int, bytes]], *, encoded: bool = False) -> list[Any]:
+    def apply(
+        self,
+        entries: Sequence[tuple[int, bytes]],
+        *,
+        encoded: bool = False,
+        before_commit: Callable[[list[Any]], None] | None = None,
+    ) -> list[Any]:
         """Apply committed entries, in index order, in one engine transaction; one
         result per entry: its response, the ``KVError`` it was refused with, or None
         (no command, an old index, or a stale retry). With ``encoded``, each result
         that is not None comes as ``encode_result`` of it, ready to send (a retry
-        answered from its session is then never decoded). Raises ``StoreFullError``
-        (nothing applied) when the map is full."""
+        answered from its session is then never decoded). ``before_commit(results)``
+        runs once every entry is applied, before the engine commits (if it raises,
+        nothing is applied). Raises ``StoreFullError`` (nothing applied) when the map
+        is full."""
         results: list[Result | None] = []
         applied = self._applied
         self._index.begin()
@@ -207,6 +215,8 @@ class MVCCStore:
                 txn.put(_META_APPLIED, _U64.pack(applied), db=meta)
                 txn.put(_META_REVISION, _U64.pack(ex.current), db=meta)
                 txn.put(_META_COMPACTED, _U64.pack(ex.compacted), db=meta)
+                if before_commit is not None:
+                    before_commit(results)
         except lmdb.MapFullError:
             self._index.rollback()
             raise StoreFullError(
