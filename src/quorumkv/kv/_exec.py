@@ -117,6 +117,12 @@ def read_range(
     ``header`` is the revision the response reports. Sort ties fall back to key order."""
     check_read_revision(req.revision, current, compacted)
     at = None if req.revision in (0, current) else req.revision
+    if not req.range_end and at is None and not req.count_only and not req.keys_only:
+        # One key, now: the common get. Limit and sort cannot change one result.
+        rev = index.pick(req.key, None)
+        if rev is None or rev & 1:
+            return RangeResponse(header, (), False, 0)
+        return RangeResponse(header, (_record(txn, dbs, rev),), False, 1)
     order, target = req.sort_order, req.sort_target
     if order is SortOrder.NONE:
         order = SortOrder.ASCEND

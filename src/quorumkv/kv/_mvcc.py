@@ -261,11 +261,9 @@ class MVCCStore:
     def range(self, req: RangeRequest) -> RangeResponse:
         """Serve a read from the last applied state (linearizable when the caller waited
         for a ReadIndex first). Raises ``CompactedError`` or ``FutureRevisionError``."""
+        current = self._revision  # the committed state's: reads run on the applying thread
         with self._env.begin() as txn:
-            meta = self._dbs.meta
-            current = _u64(txn.get(_META_REVISION, db=meta))
-            compacted = _u64(txn.get(_META_COMPACTED, db=meta))
-            return read_range(txn, self._dbs, self._index, req, current, compacted, current)
+            return read_range(txn, self._dbs, self._index, req, current, self._compacted, current)
 
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
         kvs = self.range(RangeRequest(key, revision=revision)).kvs
