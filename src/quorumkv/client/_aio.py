@@ -3,6 +3,9 @@
 Each method turns its arguments into a request (``_requests``; invalid ones raise
 before any I/O), sends it through the ``Router`` it is built on (routing, retries,
 exactly-once writes, deadlines) and turns the answer into the response or the error.
+``put`` and ``get`` encode their command straight from the arguments (``encode_put``,
+``encode_get``, with the checks and errors of ``PutRequest`` and ``RangeRequest``):
+they run per operation, and the request object would only be encoded and dropped.
 Compare-and-swap, members, cluster status and leader transfer are compositions of
 the protocol's operations; ``cluster_status`` asks every member at once from tasks of
 its own ``TaskGroup``, which never outlive the call.
@@ -48,15 +51,14 @@ from quorumkv.kv import (
     DeleteRangeResponse,
     KeyValue,
     Op,
-    PutRequest,
     PutResponse,
-    RangeRequest,
     RangeResponse,
     SortOrder,
     SortTarget,
     TxnRequest,
     TxnResponse,
 )
+from quorumkv.kv._codec import encode_get, encode_put, encode_request
 from quorumkv.net import OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_STATUS, OP_TRANSFER, parse_address
 
 
@@ -115,8 +117,9 @@ class AsyncClient(Router):
         timeout: float | None = None,
     ) -> PutResponse:
         """Set ``key`` to ``value``; with ``prev_kv`` the response carries the old pair."""
-        req = PutRequest(to_bytes("key", key), to_bytes("value", value), lease, prev_kv)
-        result, addr = await self._write(req, timeout, "put")
+        k = key if type(key) is bytes else to_bytes("key", key)  # the common case inline
+        v = value if type(value) is bytes else to_bytes("value", value)
+        result, addr = await self._write(timeout, "put", encode_put, k, v, lease, prev_kv)
         return expect(result, PutResponse, addr)
 
     async def get(
@@ -129,8 +132,8 @@ class AsyncClient(Router):
     ) -> KeyValue | None:
         """The pair at ``key`` (at ``revision``, 0: the latest), or None. Linearizable,
         unless ``serializable``: then any node may answer from its possibly stale state."""
-        req = RangeRequest(to_bytes("key", key), revision=revision)
-        resp = await self._read(req, serializable, timeout, "get")
+        k = key if type(key) is bytes else to_bytes("key", key)
+        resp = await self._read(encode_get(k, revision), serializable, timeout, "get")
         return resp.kvs[0] if resp.kvs else None
 
     async def range(
@@ -155,7 +158,7 @@ class AsyncClient(Router):
             keys_only=keys_only, count_only=count_only,
             sort_order=sort_order, sort_target=sort_target,
         )  # fmt: skip
-        return await self._read(req, serializable, timeout, "range")
+        return await self._read(encode_request(0, 0, req), serializable, timeout, "range")
 
     async def delete(
         self,
@@ -169,7 +172,7 @@ class AsyncClient(Router):
         """Delete ``key``, or the keys in ``[key, range_end)``, or those starting with
         ``key`` when ``prefix``."""
         req = delete_request(key, range_end, prefix=prefix, prev_kv=prev_kv)
-        result, addr = await self._write(req, timeout, "delete")
+        result, addr = await self._write(timeout, "delete", encode_request, req)
         return expect(result, DeleteRangeResponse, addr)
 
     async def txn(
@@ -182,7 +185,7 @@ class AsyncClient(Router):
     ) -> TxnResponse:
         """If every compare holds run ``success``, else ``failure``; atomically."""
         req = TxnRequest(tuple(compare), tuple(success), tuple(failure))
-        result, addr = await self._write(req, timeout, "txn")
+        result, addr = await self._write(timeout, "txn", encode_request, req)
         return expect(result, TxnResponse, addr)
 
     async def compare_and_swap(
@@ -196,7 +199,8 @@ class AsyncClient(Router):
         """Set ``key`` to ``new`` if it holds ``expected`` (None: if it does not exist).
         Raises ``CompareFailedError`` carrying the value found otherwise."""
         k = to_bytes("key", key)
-        result, addr = await self._write(cas_request(k, expected, new), timeout, "compare_and_swap")
+        req = cas_request(k, expected, new)
+        result, addr = await self._write(timeout, "compare_and_swap", encode_request, req)
         resp = expect(result, TxnResponse, addr)
         if not resp.succeeded:
             found = expect(resp.responses[0], RangeResponse, addr) if resp.responses else None
@@ -205,7 +209,8 @@ class AsyncClient(Router):
 
     async def compact(self, revision: int, *, timeout: float | None = None) -> CompactionResponse:
         """Forget history before ``revision``; reads below it fail with ``CompactedError``."""
-        result, addr = await self._write(CompactionRequest(revision), timeout, "compact")
+        req = CompactionRequest(revision)
+        result, addr = await self._write(timeout, "compact", encode_request, req)
         return expect(result, CompactionResponse, addr)
 
     # -- cluster operations ------------------------------------------------------------------

@@ -7,14 +7,18 @@ and waits for the node's answer; the returned ``Connection`` is handshaken. From
 on ``call(op, body, deadline)`` writes ``[req_id, op, body]`` and waits for the answer
 ``[req_id, code, body]``. Request ids are this connection's own counter; answers are
 matched by id, in whatever order they come. Every request in flight is one future in
-``_pending`` and one ``(deadline, req_id)`` entry in the heap ``_deadlines``: nothing
-else is created per request (no task, no timer handle, no log line). One loop timer
-per connection is armed at the earliest deadline; when it fires it expires the
+``_pending`` and one ``(deadline, req_id)`` entry in ``_deadlines``: nothing else is
+created per request (no task, no timer handle, no log line). Deadlines mostly come in
+order (one attempt timeout after each send), so ``_deadlines`` is a queue in deadline
+order, appended to and popped from its front; a deadline earlier than the last one
+queued (a call with a shorter timeout) goes to the heap ``_early`` instead. One loop
+timer per connection is armed at the earliest deadline; when it fires it expires the
 requests whose deadline has come, drops the entries of requests already over (an
-entry stays when its request ends; the timer pops it, or rebuilds the heap when such
+entry stays when its request ends; the timer pops it, or rebuilds both when such
 entries outnumber the live ones), and re-arms at the next live deadline. Frames written
 within one event-loop iteration leave in one ``writelines``, so a burst of concurrent
-requests costs one system call, not one each.
+requests costs one system call, not one each. Frames are packed with the connection's
+own msgpack ``Packer`` and split without copying their bodies; both run per request.
 
 Every way a request can end removes it from ``_pending``: its answer, its deadline
 (``Expired``), the connection's loss (``ConnectionLost``, which says whether the
@@ -32,18 +36,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+import msgpack
+
 from quorumkv.errors import ClientError, ProtocolError
 from quorumkv.net import (
+    HEADER,
     MAX_PEER_FRAME,
-    FrameDecoder,
     FrameError,
     client_hello,
+    describe_garbage,
     encode,
     parse_address,
-    unpack,
 )
 
 _EXPIRY_SLACK = 0.001
@@ -56,6 +64,8 @@ request, but a length beyond this is garbage (HTTP reads as about 1.2 GB)."""
 
 Answer = tuple[int, Any]
 """``(code, body)`` of one answer."""
+
+_LEN = struct.Struct(">I")
 
 
 class ConnectionLost(Exception):
@@ -87,16 +97,19 @@ class Connection(asyncio.Protocol):
     """A handshaken client connection to the node at ``addr`` (see the module doc)."""
 
     __slots__ = (
+        "_buf",
         "_closed",
         "_deadlines",
-        "_decoder",
+        "_early",
         "_error",
         "_handshake_done",
         "_hello",
+        "_last_deadline",
         "_loop",
         "_next_id",
         "_on_lost",
         "_out",
+        "_pack",
         "_pending",
         "_retired",
         "_timer",
@@ -119,10 +132,13 @@ class Connection(asyncio.Protocol):
         self._loop = loop
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
-        self._decoder = FrameDecoder(MAX_ANSWER_FRAME)
+        self._buf = bytearray()  # the start of a frame not yet complete
+        self._pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._pending: dict[int, asyncio.Future[Answer]] = {}
         self._next_id = 1
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._last_deadline = -math.inf
+        self._early: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._out: list[bytes] = []
@@ -152,18 +168,23 @@ class Connection(asyncio.Protocol):
         if self._error or transport is None or transport.is_closing():
             raise ConnectionLost(self.addr, self._error or "closing", sent=False)
         req_id = self._next_id
-        data = encode([req_id, op, body])
+        data = self._pack([req_id, op, body])
         self._next_id = req_id + 1
         loop = self._loop
         pending = self._pending
         fut: asyncio.Future[Answer] = loop.create_future()
         pending[req_id] = fut
-        heapq.heappush(self._deadlines, (deadline, req_id))
+        if deadline >= self._last_deadline:
+            self._last_deadline = deadline
+            self._deadlines.append((deadline, req_id))
+        else:
+            heapq.heappush(self._early, (deadline, req_id))
         if deadline < self._timer_at:
             self._arm(deadline)
         out = self._out
         if not out:
             loop.call_soon(self._flush)
+        out.append(_LEN.pack(len(data)))
         out.append(data)
         try:
             return await fut
@@ -209,16 +230,17 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            bodies = self._decoder.feed(data)
+            bodies = self._frames(data)
         except FrameError as e:
             self._violation(str(e))
             return
         pending = self._pending
         for raw in bodies:
             try:
-                msg = unpack(raw)
-            except FrameError as e:
-                self._violation(str(e))
+                msg = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=False)
+            except (ValueError, TypeError, msgpack.UnpackException) as e:
+                # what quorumkv.net's unpack says of it
+                self._violation(f"undecodable frame body: {e}")
                 return
             if self._hello is not None:
                 if not self._handle_hello(msg):
@@ -239,6 +261,35 @@ class Connection(asyncio.Protocol):
                 self._violation(f"it refused our data: {body!r:.200}")
                 return
 
+    def _frames(self, data: bytes) -> list[memoryview]:
+        """The complete frame bodies in what was buffered and ``data``, as views into
+        it (quorumkv.net's ``FrameDecoder``, without a copy of each body). Raises
+        ``FrameError`` for a length over ``MAX_ANSWER_FRAME``."""
+        buf = self._buf
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        view = memoryview(data)
+        out: list[memoryview] = []
+        pos, end = 0, len(data)
+        while end - pos >= HEADER:
+            (n,) = _LEN.unpack_from(data, pos)
+            if n > MAX_ANSWER_FRAME:
+                raise FrameError(
+                    f"frame of {n} bytes is over the limit of {MAX_ANSWER_FRAME}; "
+                    + describe_garbage(data[pos : pos + 16])
+                )
+            start = pos + HEADER
+            pos = start + n
+            if pos > end:
+                pos = start - HEADER
+                break
+            out.append(view[start:pos])
+        if pos < end:
+            buf += view[pos:]
+        return out
+
     def connection_lost(self, exc: Exception | None) -> None:
         reason = str(exc) if exc is not None else "closed by the node"
         if not self._error:
@@ -246,6 +297,7 @@ class Connection(asyncio.Protocol):
         self._fail(lambda: ConnectionLost(self.addr, self._error, sent=True))
         self._out.clear()
         self._deadlines.clear()
+        self._early.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
@@ -308,8 +360,18 @@ class Connection(asyncio.Protocol):
     def _expire(self) -> None:
         """The timer: expire what is due, forget what is over, re-arm."""
         self._timer, self._timer_at = None, math.inf
-        heap, pending = self._deadlines, self._pending
+        queue, heap, pending = self._deadlines, self._early, self._pending
         now = self._loop.time() + _EXPIRY_SLACK
+        while queue:
+            deadline, req_id = queue[0]
+            fut = pending.get(req_id)
+            if fut is not None and deadline > now:
+                break
+            queue.popleft()
+            if fut is not None:
+                del pending[req_id]
+                if not fut.done():
+                    fut.set_exception(Expired())
         while heap:
             deadline, req_id = heap[0]
             fut = pending.get(req_id)
@@ -320,11 +382,14 @@ class Connection(asyncio.Protocol):
                 del pending[req_id]
                 if not fut.done():
                     fut.set_exception(Expired())
-        if len(heap) > 2 * len(pending) + 64:
+        if len(queue) + len(heap) > 2 * len(pending) + 64:
+            live = [entry for entry in queue if entry[1] in pending]
+            queue.clear()
+            queue.extend(live)
             heap[:] = [entry for entry in heap if entry[1] in pending]
             heapq.heapify(heap)
-        if heap:
-            self._arm(heap[0][0])
+        if queue or heap:
+            self._arm(min(queue[0][0] if queue else math.inf, heap[0][0] if heap else math.inf))
 
     def _flush(self) -> None:
         out = self._out

@@ -17,11 +17,11 @@ another cluster than the first one reached is refused (``ProtocolError``).
 ``_call`` is the retry loop of one request (the table in ``_policy``): it runs until an
 answer that settles the request or the request's deadline, whose error is that of the
 last failure. Writes are exactly-once across those retries: ``_write`` takes a session
-lane (``_lanes``) and every try sends the same ``(client, seq)`` command. Operations
-that the state machine cannot deduplicate (membership changes, leader transfer) pass
-``idempotent=False``: they are retried only when the answer proves nothing was done,
-and raise ``RequestTimeoutError`` at once when a try's outcome is unknown rather than
-risk doing the work twice.
+lane (``_lanes``), has the command encoded for its ``(client, seq)`` (an ``Encoder``),
+and every try sends those same bytes. Operations that the state machine cannot
+deduplicate (membership changes, leader transfer) pass ``idempotent=False``: they are
+retried only when the answer proves nothing was done, and raise ``RequestTimeoutError``
+at once when a try's outcome is unknown rather than risk doing the work twice.
 
 The hot path, a request on an open primary, is one future, one deadline entry and one
 frame: no task, no timer handle, no lock, no log line. Tasks exist only for dials and
@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from quorumkv.client._conn import Connection, ConnectionLost, Expired, Unreachable, open_connection
@@ -67,7 +67,7 @@ from quorumkv.errors import (
     TooManyRequestsError,
     UnavailableError,
 )
-from quorumkv.kv import Command, RangeRequest, RangeResponse, Request, Result, encode_command
+from quorumkv.kv import RangeResponse, Result
 from quorumkv.net import (
     ERR_NOT_LEADER,
     ERR_SHUTTING_DOWN,
@@ -84,6 +84,11 @@ from quorumkv.net import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+Encoder = Callable[..., bytes]
+"""Encodes one write's command: ``encode(client, seq, *args)``, with the ``(client,
+seq)`` of the lane it goes out on."""
 
 
 def _closed_error() -> ClientError:
@@ -161,21 +166,27 @@ class Router:
 
     # -- the request path --------------------------------------------------------------------
 
-    async def _write(self, req: Request, timeout: float | None, what: str) -> tuple[Result, str]:
+    async def _write(
+        self, timeout: float | None, what: str, encode: Encoder, *args: object
+    ) -> tuple[Result, str]:
+        """A write whose command ``encode(client, seq, *args)`` makes for the session
+        lane it goes out on (``encode_put``, ``encode_request``); raises what ``encode``
+        raises for a bad request, before any I/O."""
         lanes = self._lanes
         lane = lanes.take()
         try:
-            body = encode_command(Command(lane.client, lane.seq, req))
+            body = encode(lane.client, lane.seq, *args)
             answer, addr = await self._call(OP_WRITE, body, timeout, what)
         finally:
             lanes.give(lane)
         return decode(answer, addr), addr
 
     async def _read(
-        self, req: RangeRequest, serializable: bool, timeout: float | None, what: str
+        self, command: bytes, serializable: bool, timeout: float | None, what: str
     ) -> RangeResponse:
-        body = [encode_command(Command(0, 0, req)), bool(serializable)]
-        answer, addr = await self._call(OP_READ, body, timeout, what)
+        """A read of the range request encoded in ``command`` (``encode_get``,
+        ``encode_request(0, 0, req)``)."""
+        answer, addr = await self._call(OP_READ, [command, bool(serializable)], timeout, what)
         return expect(decode(answer, addr), RangeResponse, addr)
 
     def _bind(self) -> asyncio.AbstractEventLoop:
@@ -198,9 +209,13 @@ class Router:
         """Send one request, retrying per ``_policy`` until an answer settles it or its
         deadline passes. Returns the OK answer's body and the address that sent it.
         ``idempotent`` False: raise at once when a try's outcome is unknown."""
-        loop = self._bind()
-        budget = self._budget(timeout)
-        deadline = loop.time() + budget
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or self._closed:
+            loop = self._bind()  # binds, or raises why this loop cannot use the client
+        budget = self._timeout if timeout is None else timeout
+        now = loop.time()
+        deadline = now + budget
+        fresh = True  # ``now`` is still the time: nothing was awaited since it was read
         failure: Failure | None = None
         tries = waits = redirects = 0
         # Once a try of a write may have taken effect, giving up must say "unknown",
@@ -211,6 +226,7 @@ class Router:
                 raise _closed_error()
             conn = self._conn
             if conn is None or not conn.usable:
+                fresh = False
                 try:
                     conn = await self._connect(deadline)
                 except Expired:
@@ -221,10 +237,13 @@ class Router:
                     waits += 1
                     continue
             tries += 1
+            if not fresh:
+                now = loop.time()
+            fresh = False
             # A node that stops answering with its connection open (SIGSTOP, a stall)
             # would hold the call until its deadline; one try gets ATTEMPT_TIMEOUT, then
             # the call moves on (an election elsewhere takes about that long).
-            attempt_deadline = min(deadline, loop.time() + self._attempt_timeout)
+            attempt_deadline = min(deadline, now + self._attempt_timeout)
             try:
                 code, answer = await conn.call(op, body, attempt_deadline)
             except ConnectionLost as e:

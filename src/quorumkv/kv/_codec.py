@@ -13,12 +13,23 @@ validation as one built by hand; the encoded size is checked against
 ``MalformedRequestError`` (never ``TypeError`` or a msgpack error), so a damaged log
 entry becomes a deterministic error result on every replica rather than a crash.
 
+Both directions run for every write on every replica and in the client, so the common
+shapes have fast paths: encoding packs with a msgpack ``Packer`` kept per thread
+(``msgpack.packb`` builds a new one per call), and decoding builds a put or a plain
+range directly when the document has exactly that shape, with enums looked up in a
+table; any other document takes the general path, so an odd or damaged one fails with
+the same error as ever. A client needs the bytes of a command, not the objects:
+``encode_request`` skips building the ``Command``, and ``encode_put``/``encode_get``
+also the request, each with the same bytes and errors as the general path.
+
 This module must never depend on the engine, and must never change the meaning of an
 existing tag or field position: encoded commands live in logs and snapshots.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -32,6 +43,11 @@ from quorumkv.kv._errors import (
     MalformedRequestError,
 )
 from quorumkv.kv._types import (
+    _MAX_INT64,
+    _MAX_KEY,
+    _MAX_UINT64,
+    _MAX_VALUE,
+    _REQUEST_TYPES,
     LIMITS,
     Command,
     CompactionRequest,
@@ -63,14 +79,34 @@ Result = Response | KVError
 """What applying one command produced: its response, or the error it was refused with."""
 
 
+class _Packers(threading.local):
+    """One msgpack ``Packer`` per thread: a packer is reusable, but not by two threads
+    at once."""
+
+    def __init__(self) -> None:
+        self.pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
+
+
+_packers = _Packers()
+
+
 def pack(obj: object) -> bytes:
-    data = msgpack.packb(obj, use_bin_type=True)
-    assert isinstance(data, bytes)
-    return data
+    return _packers.pack(obj)
 
 
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    # msgpack's defaults (since 1.0): raw=False, use_list=True, strict_map_key=True;
+    # passing them costs a keyword parse per call.
+    return msgpack.unpackb(data)
+
+
+def _table(kind: type[Any]) -> dict[int, Any]:
+    """``kind``'s members by value: a dict lookup instead of the enum's ``__call__``."""
+    return {member.value: member for member in kind}
+
+
+_SORT_ORDERS = _table(SortOrder)
+_SORT_TARGETS = _table(SortTarget)
 
 
 # -- requests ------------------------------------------------------------------------
@@ -86,8 +122,8 @@ def _request_doc(req: Request) -> list[object]:
             req.range_end,
             req.limit,
             req.revision,
-            int(req.sort_order),
-            int(req.sort_target),
+            req.sort_order,  # IntEnum members pack as their int value
+            req.sort_target,
             req.keys_only,
             req.count_only,
         ]
@@ -111,6 +147,19 @@ def _enum(kind: type[Any], value: object) -> Any:
 
 
 def _request(doc: list[Any]) -> Request:
+    # The exact shapes of a put and of a range, first; anything else, the general path.
+    n = len(doc) if type(doc) is list else 0
+    if n == 5 and doc[0] == PUT:
+        return PutRequest(doc[1], doc[2], doc[3], doc[4])
+    if n == 9 and doc[0] == RANGE:
+        o, t = doc[5], doc[6]
+        order = _SORT_ORDERS.get(o) if type(o) is int else None
+        if order is None:
+            order = _enum(SortOrder, o)
+        target = _SORT_TARGETS.get(t) if type(t) is int else None
+        if target is None:
+            target = _enum(SortTarget, t)
+        return RangeRequest(doc[1], doc[2], doc[3], doc[4], order, target, doc[7], doc[8])
     tag, *f = doc
     if tag == PUT:
         return PutRequest(f[0], f[1], f[2], f[3])
@@ -139,10 +188,70 @@ def _ops(docs: list[Any]) -> tuple[Op, ...]:
 
 def encode_command(cmd: Command) -> bytes:
     """The bytes to propose to Raft. Raises ``KVLimitError`` over the request size."""
-    data = pack([FORMAT, cmd.client, cmd.seq, _request_doc(cmd.request)])
+    data = _packers.pack([FORMAT, cmd.client, cmd.seq, _request_doc(cmd.request)])
     if len(data) > LIMITS.max_request_bytes:
         raise KVLimitError("request size", LIMITS.max_request_bytes, len(data))
     return data
+
+
+def encode_request(client: int, seq: int, req: Request) -> bytes:
+    """``encode_command(Command(client, seq, req))``, the same bytes and errors, without
+    building the ``Command`` when its checks would pass (what a client does per write)."""
+    if not (
+        type(client) is int
+        and 0 <= client <= _MAX_UINT64
+        and type(seq) is int
+        and 0 <= seq <= _MAX_UINT64
+        and type(req) in _REQUEST_TYPES
+    ):
+        return encode_command(Command(client, seq, req))
+    if type(req) is PutRequest:  # _request_doc's first case, inline
+        doc: list[object] = [PUT, req.key, req.value, req.lease, req.prev_kv]
+    else:
+        doc = _request_doc(req)
+    data = _packers.pack([FORMAT, client, seq, doc])
+    if len(data) > LIMITS.max_request_bytes:
+        raise KVLimitError("request size", LIMITS.max_request_bytes, len(data))
+    return data
+
+
+def encode_put(
+    client: int, seq: int, key: bytes, value: bytes, lease: int = 0, prev_kv: bool = False
+) -> bytes:
+    """``encode_request(client, seq, PutRequest(key, value, lease, prev_kv))``: the same
+    bytes, or the same error, without building the request (what a client does per put)."""
+    if not (
+        type(key) is bytes
+        and 0 < len(key) <= _MAX_KEY
+        and type(value) is bytes
+        and len(value) <= _MAX_VALUE
+        and type(lease) is int
+        and 0 <= lease <= _MAX_INT64
+        and (prev_kv is False or prev_kv is True)
+        and type(client) is int
+        and 0 <= client <= _MAX_UINT64
+        and type(seq) is int
+        and 0 <= seq <= _MAX_UINT64
+    ):
+        return encode_request(client, seq, PutRequest(key, value, lease, prev_kv))
+    data = _packers.pack([FORMAT, client, seq, [PUT, key, value, lease, prev_kv]])
+    if len(data) > LIMITS.max_request_bytes:
+        raise KVLimitError("request size", LIMITS.max_request_bytes, len(data))
+    return data
+
+
+def encode_get(key: bytes, revision: int = 0) -> bytes:
+    """``encode_request(0, 0, RangeRequest(key, revision=revision))``: the same bytes, or
+    the same error, without building the request (what a client does per get)."""
+    if not (
+        type(key) is bytes
+        and 0 < len(key) <= _MAX_KEY
+        and type(revision) is int
+        and 0 <= revision <= _MAX_INT64
+    ):
+        return encode_request(0, 0, RangeRequest(key, revision=revision))
+    # a key of at most 511 bytes keeps this far below the request size limit
+    return _packers.pack([FORMAT, 0, 0, [RANGE, key, b"", 0, revision, 0, 0, False, False]])
 
 
 def _doc_depth(doc: Any) -> int:
@@ -167,12 +276,13 @@ def decode_command(data: bytes) -> Command:
     if len(data) > LIMITS.max_request_bytes:
         raise KVLimitError("request size", LIMITS.max_request_bytes, len(data))
     try:
-        fmt, client, seq, doc = unpack(data)
+        fmt, client, seq, doc = msgpack.unpackb(data)  # as ``unpack``
         if fmt != FORMAT:
             raise MalformedRequestError(f"unknown command format {fmt!r}")
-        depth = _doc_depth(doc)
-        if depth > LIMITS.max_txn_depth:
-            raise KVLimitError("txn nesting depth", LIMITS.max_txn_depth, depth, "levels")
+        if isinstance(doc, list) and len(doc) == 4 and doc[0] == TXN:  # else depth 0
+            depth = _doc_depth(doc)
+            if depth > LIMITS.max_txn_depth:
+                raise KVLimitError("txn nesting depth", LIMITS.max_txn_depth, depth, "levels")
         return Command(client, seq, _request(doc))
     except KVError:
         raise
@@ -202,7 +312,7 @@ def _kv(doc: list[Any] | None) -> KeyValue | None:
 
 
 def _kvs(docs: list[Any]) -> tuple[KeyValue, ...]:
-    return tuple(KeyValue(*d) for d in docs)
+    return tuple([KeyValue(*d) for d in docs])
 
 
 def _result_doc(res: Result) -> list[object]:
@@ -228,6 +338,13 @@ def _result_doc(res: Result) -> list[object]:
 
 
 def _result(doc: list[Any]) -> Result:
+    # The exact shapes of a put's and of a range's response, first.
+    n = len(doc) if type(doc) is list else 0
+    if n == 3 and doc[0] == PUT:
+        prev = doc[2]
+        return PutResponse(doc[1], None if prev is None else KeyValue(*prev))
+    if n == 5 and doc[0] == RANGE:
+        return RangeResponse(doc[1], _kvs(doc[2]), doc[3], doc[4])
     tag, *f = doc
     if tag == PUT:
         return PutResponse(f[0], _kv(f[1]))
@@ -259,10 +376,16 @@ def _op_response(doc: list[Any]) -> OpResponse:
 
 
 def encode_result(res: Result) -> bytes:
-    return pack(_result_doc(res))
+    return _packers.pack(_result_doc(res))
 
 
 def decode_result(data: bytes) -> Result:
     """Inverse of ``encode_result``; the bytes come from our own engine, so damage here
     is a broken invariant (``AssertionError``), not a request error."""
-    return _result(unpack(data))
+    doc = msgpack.unpackb(data)  # as ``unpack``
+    n = len(doc) if type(doc) is list else 0
+    if n == 3 and doc[0] == PUT and doc[2] is None:  # the fast cases of ``_result``, inline
+        return PutResponse(doc[1])
+    if n == 5 and doc[0] == RANGE:
+        return RangeResponse(doc[1], tuple([KeyValue(*d) for d in doc[2]]), doc[3], doc[4])
+    return _result(doc)

@@ -26,14 +26,24 @@ entry the same way, so they are constants, not settings. etcd's defaults are the
 * txn nesting depth 32: etcd has none; it stops a pathological request from exhausting
   the Python stack while it is checked and applied.
 
+Building one of these is on every hot path (the client builds requests, every replica
+decodes each log entry into them, the executor builds responses), so the classes used
+per operation have a hand-written ``__init__``: one combined test accepts the common,
+valid case, and only when it fails do the detailed checks run, which raise the precise
+error (the same checks in the same order as always); fields are stored through the
+slots' own setters (``_slot_setters``), since a frozen dataclass's ``__setattr__``
+refuses assignments. The rarer classes (``Compare``, ``TxnRequest``,
+``CompactionRequest``) keep the generated ``__init__`` and check in ``__post_init__``.
+
 This module never touches the engine and never does I/O.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from quorumkv.kv._errors import DuplicateKeyError, KVLimitError, MalformedRequestError
 
@@ -55,6 +65,17 @@ ALL_KEYS = b"\x00"
 """As a ``range_end``: every key greater than or equal to ``key`` (etcd's convention)."""
 
 _MAX_INT64 = (1 << 63) - 1
+_MAX_UINT64 = (1 << 64) - 1
+_MAX_KEY = LIMITS.max_key_bytes
+_MAX_VALUE = LIMITS.max_value_bytes
+
+_Setter = Callable[[Any, Any], None]
+
+
+def _slot_setters(cls: type, *names: str) -> tuple[_Setter, ...]:
+    """The setters of ``cls``'s slots ``names``: how a frozen, slotted dataclass's own
+    ``__init__`` (and nothing else) fills a new instance."""
+    return tuple(cls.__dict__[name].__set__ for name in names)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -127,7 +148,7 @@ def _check_key(key: object, range_end: object = b"") -> None:
         raise KVLimitError("range_end size", LIMITS.max_key_bytes, len(range_end))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class KeyValue:
     """One key at one revision, as etcd's ``mvccpb.KeyValue``."""
 
@@ -138,24 +159,68 @@ class KeyValue:
     version: int
     lease: int = 0
 
+    def __init__(
+        self,
+        key: bytes,
+        value: bytes,
+        create_revision: int,
+        mod_revision: int,
+        version: int,
+        lease: int = 0,
+    ) -> None:
+        set_key, set_value, set_create, set_mod, set_version, set_lease = _KEY_VALUE_SLOTS
+        set_key(self, key)
+        set_value(self, value)
+        set_create(self, create_revision)
+        set_mod(self, mod_revision)
+        set_version(self, version)
+        set_lease(self, lease)
 
-@dataclass(frozen=True, slots=True)
+
+_KEY_VALUE_SLOTS = _slot_setters(
+    KeyValue, "key", "value", "create_revision", "mod_revision", "version", "lease"
+)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class PutRequest:
     key: bytes
     value: bytes
     lease: int = 0
     prev_kv: bool = False
 
-    def __post_init__(self) -> None:
-        _check_key(self.key)
-        _check_bytes("value", self.value)
-        if len(self.value) > LIMITS.max_value_bytes:
-            raise KVLimitError("value size", LIMITS.max_value_bytes, len(self.value))
-        _check_int("lease", self.lease)
-        _check_bool("prev_kv", self.prev_kv)
+    def __init__(self, key: bytes, value: bytes, lease: int = 0, prev_kv: bool = False) -> None:
+        if not (
+            type(key) is bytes
+            and 0 < len(key) <= _MAX_KEY
+            and type(value) is bytes
+            and len(value) <= _MAX_VALUE
+            and type(lease) is int
+            and 0 <= lease <= _MAX_INT64
+            and (prev_kv is False or prev_kv is True)
+        ):
+            _check_put(key, value, lease, prev_kv)
+        set_key, set_value, set_lease, set_prev_kv = _PUT_SLOTS
+        set_key(self, key)
+        set_value(self, value)
+        set_lease(self, lease)
+        set_prev_kv(self, prev_kv)
 
 
-@dataclass(frozen=True, slots=True)
+_PUT_SLOTS = _slot_setters(PutRequest, "key", "value", "lease", "prev_kv")
+
+
+def _check_put(key: object, value: object, lease: object, prev_kv: object) -> None:
+    _check_key(key)
+    _check_bytes("value", value)
+    assert isinstance(value, bytes)
+    if len(value) > LIMITS.max_value_bytes:
+        raise KVLimitError("value size", LIMITS.max_value_bytes, len(value))
+    _check_int("lease", lease)
+    _check_bool("prev_kv", prev_kv)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RangeRequest:
     """Read ``key`` alone (``range_end`` empty), or ``[key, range_end)``, or every key
     from ``key`` on (``range_end == ALL_KEYS``). ``revision`` 0 means the current one."""
@@ -169,14 +234,45 @@ class RangeRequest:
     keys_only: bool = False
     count_only: bool = False
 
-    def __post_init__(self) -> None:
-        _check_key(self.key, self.range_end)
-        _check_int("limit", self.limit)
-        _check_int("revision", self.revision)
-        _check_enum("sort_order", self.sort_order, SortOrder)
-        _check_enum("sort_target", self.sort_target, SortTarget)
-        _check_bool("keys_only", self.keys_only)
-        _check_bool("count_only", self.count_only)
+    def __init__(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        limit: int = 0,
+        revision: int = 0,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        keys_only: bool = False,
+        count_only: bool = False,
+    ) -> None:
+        if not (
+            type(key) is bytes
+            and 0 < len(key) <= _MAX_KEY
+            and type(range_end) is bytes
+            and len(range_end) <= _MAX_KEY
+            and type(limit) is int
+            and 0 <= limit <= _MAX_INT64
+            and type(revision) is int
+            and 0 <= revision <= _MAX_INT64
+            and type(sort_order) is SortOrder
+            and type(sort_target) is SortTarget
+            and (keys_only is False or keys_only is True)
+            and (count_only is False or count_only is True)
+        ):
+            _check_range(
+                key, range_end, limit, revision, sort_order, sort_target, keys_only, count_only
+            )
+        set_key, set_end, set_limit, set_rev, set_order, set_target, set_keys, set_count = (
+            _RANGE_SLOTS
+        )
+        set_key(self, key)
+        set_end(self, range_end)
+        set_limit(self, limit)
+        set_rev(self, revision)
+        set_order(self, sort_order)
+        set_target(self, sort_target)
+        set_keys(self, keys_only)
+        set_count(self, count_only)
 
     @staticmethod
     def prefix(prefix: bytes, **kwargs: object) -> RangeRequest:
@@ -185,15 +281,65 @@ class RangeRequest:
         return RangeRequest(key, prefix_end(prefix), **kwargs)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
+def _check_range(
+    key: object,
+    range_end: object,
+    limit: object,
+    revision: object,
+    sort_order: object,
+    sort_target: object,
+    keys_only: object,
+    count_only: object,
+) -> None:
+    _check_key(key, range_end)
+    _check_int("limit", limit)
+    _check_int("revision", revision)
+    _check_enum("sort_order", sort_order, SortOrder)
+    _check_enum("sort_target", sort_target, SortTarget)
+    _check_bool("keys_only", keys_only)
+    _check_bool("count_only", count_only)
+
+
+_RANGE_SLOTS = _slot_setters(
+    RangeRequest,
+    "key",
+    "range_end",
+    "limit",
+    "revision",
+    "sort_order",
+    "sort_target",
+    "keys_only",
+    "count_only",
+)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class DeleteRangeRequest:
     key: bytes
     range_end: bytes = b""
     prev_kv: bool = False
 
-    def __post_init__(self) -> None:
-        _check_key(self.key, self.range_end)
-        _check_bool("prev_kv", self.prev_kv)
+    def __init__(self, key: bytes, range_end: bytes = b"", prev_kv: bool = False) -> None:
+        if not (
+            type(key) is bytes
+            and 0 < len(key) <= _MAX_KEY
+            and type(range_end) is bytes
+            and len(range_end) <= _MAX_KEY
+            and (prev_kv is False or prev_kv is True)
+        ):
+            _check_delete(key, range_end, prev_kv)
+        set_key, set_end, set_prev_kv = _DELETE_SLOTS
+        set_key(self, key)
+        set_end(self, range_end)
+        set_prev_kv(self, prev_kv)
+
+
+_DELETE_SLOTS = _slot_setters(DeleteRangeRequest, "key", "range_end", "prev_kv")
+
+
+def _check_delete(key: object, range_end: object, prev_kv: object) -> None:
+    _check_key(key, range_end)
+    _check_bool("prev_kv", prev_kv)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,13 +459,21 @@ def _check_intervals(ops: tuple[Op, ...]) -> tuple[set[bytes], list[tuple[bytes,
     return puts, dels
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PutResponse:
     revision: int
     prev_kv: KeyValue | None = None
 
+    def __init__(self, revision: int, prev_kv: KeyValue | None = None) -> None:
+        set_revision, set_prev_kv = _PUT_RESPONSE_SLOTS
+        set_revision(self, revision)
+        set_prev_kv(self, prev_kv)
 
-@dataclass(frozen=True, slots=True)
+
+_PUT_RESPONSE_SLOTS = _slot_setters(PutResponse, "revision", "prev_kv")
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RangeResponse:
     """``count`` is the number of keys in the range, regardless of ``limit``; ``more``
     says whether ``limit`` cut the answer short."""
@@ -329,12 +483,35 @@ class RangeResponse:
     more: bool = False
     count: int = 0
 
+    def __init__(
+        self, revision: int, kvs: tuple[KeyValue, ...] = (), more: bool = False, count: int = 0
+    ) -> None:
+        set_revision, set_kvs, set_more, set_count = _RANGE_RESPONSE_SLOTS
+        set_revision(self, revision)
+        set_kvs(self, kvs)
+        set_more(self, more)
+        set_count(self, count)
 
-@dataclass(frozen=True, slots=True)
+
+_RANGE_RESPONSE_SLOTS = _slot_setters(RangeResponse, "revision", "kvs", "more", "count")
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class DeleteRangeResponse:
     revision: int
     deleted: int = 0
     prev_kvs: tuple[KeyValue, ...] = ()
+
+    def __init__(
+        self, revision: int, deleted: int = 0, prev_kvs: tuple[KeyValue, ...] = ()
+    ) -> None:
+        set_revision, set_deleted, set_prev_kvs = _DELETE_RESPONSE_SLOTS
+        set_revision(self, revision)
+        set_deleted(self, deleted)
+        set_prev_kvs(self, prev_kvs)
+
+
+_DELETE_RESPONSE_SLOTS = _slot_setters(DeleteRangeResponse, "revision", "deleted", "prev_kvs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +530,12 @@ OpResponse: TypeAlias = PutResponse | RangeResponse | DeleteRangeResponse | TxnR
 Response: TypeAlias = OpResponse | CompactionResponse
 
 
-@dataclass(frozen=True, slots=True)
+_REQUEST_TYPES = frozenset(
+    {PutRequest, RangeRequest, DeleteRangeRequest, TxnRequest, CompactionRequest}
+)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Command:
     """What goes into a log entry: a request stamped with the client's id and sequence
     number. A client retries a command with the same ``seq``; the state machine applies
@@ -364,11 +546,29 @@ class Command:
     seq: int
     request: Request
 
-    def __post_init__(self) -> None:
-        _check_int("client", self.client, 0, (1 << 64) - 1)
-        _check_int("seq", self.seq, 0, (1 << 64) - 1)
-        if not isinstance(
-            self.request,
-            PutRequest | RangeRequest | DeleteRangeRequest | TxnRequest | CompactionRequest,
+    def __init__(self, client: int, seq: int, request: Request) -> None:
+        if not (
+            type(client) is int
+            and 0 <= client <= _MAX_UINT64
+            and type(seq) is int
+            and 0 <= seq <= _MAX_UINT64
+            and type(request) in _REQUEST_TYPES
         ):
-            raise MalformedRequestError(f"unknown request type {self.request!r}")
+            _check_command(client, seq, request)
+        set_client, set_seq, set_request = _COMMAND_SLOTS
+        set_client(self, client)
+        set_seq(self, seq)
+        set_request(self, request)
+
+
+_COMMAND_SLOTS = _slot_setters(Command, "client", "seq", "request")
+
+
+def _check_command(client: object, seq: object, request: object) -> None:
+    _check_int("client", client, 0, _MAX_UINT64)
+    _check_int("seq", seq, 0, _MAX_UINT64)
+    if not isinstance(
+        request,
+        PutRequest | RangeRequest | DeleteRangeRequest | TxnRequest | CompactionRequest,
+    ):
+        raise MalformedRequestError(f"unknown request type {request!r}")

@@ -6,7 +6,8 @@ Every accepted connection starts as an ``Inbound`` protocol that waits for the H
 frame (``quorumkv.net._proto``). What the hello says decides the rest of its life:
 
 - ``client``: pipelined ``[req_id, op, body]`` requests go to ``Host.client_request``;
-  answers are buffered with ``reply`` and written in one ``write`` per drive cycle
+  answers are framed with ``reply`` (the connection's own msgpack ``Packer``: one per
+  answer would cost more than the framing) and written in one ``write`` per drive cycle
   (``flush``). When the kernel buffer towards a slow client passes a high-water mark the
   connection stops reading from it, so a client that does not read cannot grow our memory.
 - ``peer``: frames of encoded Raft messages go to ``Host.peer_messages``.
@@ -24,9 +25,11 @@ import contextlib
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
+
+import msgpack
 
 from quorumkv.net import (
     ERR_BAD_REQUEST,
@@ -52,6 +55,7 @@ from quorumkv.net import (
 log = logging.getLogger("quorumkv.server")
 
 _HIGH_WATER = 16 << 20
+_LEN = struct.Struct(">I")
 _MAX_HELLO = 64 << 10
 _LINGER_S = 1.0
 
@@ -202,6 +206,7 @@ class ClientConn(_Kind):
         super().__init__(host, transport, MAX_CLIENT_FRAME)
         self.out: list[bytes] = []
         self.bytes_in = 0
+        self._pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
         transport.set_write_buffer_limits(high=_HIGH_WATER)
 
     def data(self, data: bytes) -> None:
@@ -224,9 +229,12 @@ class ClientConn(_Kind):
     def reply(self, req_id: Any, code: int, body: Any) -> None:
         if self.closed:
             return
-        if not self.out:
+        out = self.out
+        data = self._pack([req_id, code, body])  # what net.encode frames, with our packer
+        if not out:
             self.host.mark_dirty(self)
-        self.out.append(encode([req_id, code, body]))
+        out.append(_LEN.pack(len(data)))
+        out.append(data)
 
     def flush(self) -> int:
         if self.closed or not self.out:
