@@ -26,7 +26,7 @@ from quorumkv.kv import Command, MVCCStore, PutRequest, encode_command
 from quorumkv.net import ERR_NOT_LEADER, OP_MEMBER_REMOVE, frame, pack
 from quorumkv.server._codec import encode_message
 from quorumkv.server._config import ServerConfig
-from quorumkv.server._node import Node
+from quorumkv.server._node import GROUP, Node
 
 PEERS = {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"}
 
@@ -83,7 +83,7 @@ def test_a_second_snapshot_stream_is_refused_while_one_installs(tmp_path: Path) 
         assert b.out == [(False, "busy installing another snapshot; retry later")]
         await _until("the first install", lambda: bool(a.out))
         assert a.out == [(True, "")]
-        assert node.kv.applied_index() == 50
+        assert node.replicas[GROUP].kv.applied_index() == 50
         await node.stop()
 
     asyncio.run(body())
@@ -94,13 +94,14 @@ def test_a_membership_change_replaced_by_another_leader_is_not_reported_done(
 ) -> None:
     async def body() -> None:
         node = _node(tmp_path)
-        r = node.raw.raft
-        node.raw.campaign()
+        replica = node.replicas[GROUP]
+        r = replica.raw.raft
+        replica.raw.campaign()
         node.peer_messages(2, [_msg(MessageType.PRE_VOTE_RESP, 2)], 0)
         node.peer_messages(2, [_msg(MessageType.VOTE_RESP, 2)], 0)
         await _until("leadership", lambda: r.log.last_index() == 2)
         node.peer_messages(2, [_msg(MessageType.APP_RESP, 2, index=Index(2))], 0)
-        await _until("the no-op applied", lambda: node.kv.applied_index() == 2)
+        await _until("the no-op applied", lambda: replica.kv.applied_index() == 2)
         conn = _Conn()
         task = asyncio.ensure_future(node._admin(conn, 7, OP_MEMBER_REMOVE, 3))  # type: ignore[arg-type]
         await _until("the change proposed", lambda: r.log.last_index() == 3)

@@ -10,8 +10,10 @@ frame (``quorumkv.net._proto``). What the hello says decides the rest of its lif
   answer would cost more than the framing) and written in one ``write`` per drive cycle
   (``flush``). When the kernel buffer towards a slow client passes a high-water mark the
   connection stops reading from it, so a client that does not read cannot grow our memory.
-- ``peer``: frames of encoded Raft messages go to ``Host.peer_messages``.
-- ``snap``: one snapshot stream, spooled to a file and handed to ``Host.snapshot_received``.
+- ``peer``: frames of encoded Raft messages, of any groups, go to ``Host.peer_messages``
+  (the host routes each by the group it names).
+- ``snap``: one snapshot stream of one group, spooled to a file and handed to
+  ``Host.snapshot_received`` (its first frame, the SNAP message, names the group).
 
 Garbage, oversized frames, a wrong protocol version or another cluster's node get one
 error frame that says what is wrong, a log line, and a closed connection; the node goes

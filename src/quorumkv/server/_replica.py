@@ -1,0 +1,952 @@
+"""One Raft group on a node: its core, its state machine, and the requests waiting on them.
+
+Theory of operation
+-------------------
+A ``Replica`` is everything a node keeps for ONE group: the ``RawNode``; the MVCC store
+its committed entries are applied to; the writes queued for the next proposal and those
+proposed and waiting to be applied (keyed by index, with the term they were proposed
+in); the linearizable reads queued for the next read index, waiting for it, and waiting
+for it to be applied; the waiters of membership changes and leadership transfers; the
+snapshots it streams to peers and the one it installs; its log compaction.
+
+Everything shared by the groups on the node belongs to its store (``Store``, which the
+``Node`` is): identity and configuration, the one WAL, the peer links, the client
+connections and their flushing, the tick, the drive loop. The store runs the Ready
+cycle (``quorumkv.consensus``'s duties) in phases, each phase for every replica that
+has a Ready before the next phase starts, so that one fsync and one frame per peer
+serve every group. A replica's part of one round, in order:
+
+1. ``send_early``: note a role change; queue a leader's appends and heartbeats, which
+   may leave before its own fsync (thesis 10.2.1), unless the Ready changes the term
+   or the vote. (The store then flushes its links.)
+2. ``persist``: buffer the Ready in the shared WAL. (The store then fsyncs once if any
+   replica's Ready must be durable.)
+3. ``send_late``: queue every other message, now that what they promise is durable.
+   (The store then flushes its links: acknowledgements leave before anything applies.)
+4. ``finish``: record a snapshot's addresses; apply the committed entries in one LMDB
+   transaction, answering their writers before it commits; serve the reads whose read
+   index is applied; ``advance``.
+
+Before a round the store calls ``propose_queued`` (the queued writes become one
+``propose_many``, the queued reads share one ``read_index``), and after the last one
+``maybe_compact``.
+
+A write is answered when its entry is applied: the entry at the index the proposal got,
+with the term it was proposed in. A different term there means another leader replaced
+it; the writer is told to retry, which is safe because every write carries the client's
+session (client id, sequence number) and the state machine applies each once. When this
+replica stops leading, its waiting writers are told at once that the outcome is unknown
+(their entries may still commit), and retry the same way.
+
+The MVCC store syncs its data pages but not its meta page per batch (LMDB's NOMETASYNC:
+a power loss may undo its last transaction, never corrupt it): the WAL is the durable
+record, the store is fully synced before the log under its applied index is dropped,
+and a restart replays whatever the store lost. A leader snapshot carries only the
+member addresses; a follower that needs one gets the whole store streamed on its own
+connection and installed (one at a time per group) before the core sees the SNAP
+message. Entries the store already holds are skipped by index when they are applied
+again.
+
+Membership changes are coroutines that propose, then wait for the change to apply (and
+for a new node to catch up before promoting it); their addresses travel in the
+change's context, so every node learns them from the log or a snapshot (into the
+store's address book, ``Store.members``).
+
+A replica must never fsync the WAL, flush a peer link or touch another group's state:
+those are the store's, batched over every group. It must never acknowledge a write
+before its entry is applied, nor answer a linearizable read before its read index is,
+and never send a message that promises more than what the store made durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from quorumkv.consensus import (
+    NONE,
+    Change,
+    ChangeType,
+    ConfChange,
+    ConfChangeError,
+    Config,
+    EntryType,
+    GroupId,
+    Index,
+    Message,
+    MessageType,
+    NodeId,
+    ProposalDropped,
+    RaftState,
+    RawNode,
+    Ready,
+    Role,
+    decode_conf_change,
+)
+from quorumkv.errors import KVError, ServerError
+from quorumkv.kv import (
+    LIMITS,
+    KVLimitError,
+    MVCCStore,
+    RangeRequest,
+    decode_command,
+    encode_result,
+    snapshot_index,
+)
+from quorumkv.net import (
+    ERR_BAD_REQUEST,
+    ERR_NOT_LEADER,
+    ERR_TIMEOUT,
+    ERR_TOO_MANY,
+    ERR_UNAVAILABLE,
+    OK,
+    pack,
+    parse_address,
+    unpack,
+)
+from quorumkv.storage import NodeStorage
+
+from ._codec import EntryCache, encode_message
+from ._config import ServerConfig
+from ._conn import ClientConn, SnapConn, read_spool
+from ._metrics import Metrics
+from ._peers import PeerLink, send_snapshot, snap_hello
+
+log = logging.getLogger("quorumkv.server")
+
+_EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+"""What a leader may send before its own fsync (``Replica.send_early``)."""
+_LOST_LEADERSHIP = "leadership was lost before the entry was applied; the outcome is unknown"
+
+
+class Store(Protocol):
+    """What a replica needs from the node that hosts it (shared by all its groups)."""
+
+    cfg: ServerConfig
+    node_id: int
+    cluster: int
+    loop: asyncio.AbstractEventLoop
+    storage: NodeStorage
+    metrics: Metrics
+    members: dict[int, str]
+    """The address of every node this node has heard of, from any group."""
+    stopping: bool
+    fatal: BaseException | None
+
+    def schedule(self) -> None:
+        """Run the drive loop at the end of this loop iteration."""
+
+    def link(self, peer: int) -> PeerLink | None:
+        """The link to ``peer``, made if its address is known; None if not."""
+
+    def sync_links(self) -> None:
+        """Open links to every member of every group; close the others."""
+
+    def flush_clients(self) -> None:
+        """Write every client connection's buffered answers now."""
+
+    def reply_error(self, conn: ClientConn, req_id: Any, code: int, body: Any) -> None:
+        """Answer ``req_id`` with an error ``code``, counted in the metrics."""
+
+    def learn_address(self, node: int, addr: str) -> None:
+        """Record ``node``'s address (and re-aim its link)."""
+
+
+class Refused(Exception):
+    """A membership or leadership request that cannot be done as asked."""
+
+
+@dataclass(slots=True)
+class _Write:
+    conn: ClientConn
+    req_id: Any
+    term: int
+    t0: float
+
+
+@dataclass(slots=True)
+class _ReadBatch:
+    reads: list[tuple[ClientConn, Any, RangeRequest]]
+    deadline: float
+    index: int = -1
+
+
+@dataclass
+class _Waiter:
+    """Someone waiting for the entry proposed at ``index`` in ``term`` to be applied;
+    the future says whether that very entry was (False: another leader's entry took
+    its place; None: applied out of sight, by a snapshot)."""
+
+    index: int
+    term: int
+    future: asyncio.Future[bool | None]
+
+
+@dataclass
+class _Snapshots:
+    sending: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    restoring: bool = False
+    installing: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class ReadyCycle:
+    """One replica's Ready on its way through one round of the store's drive loop."""
+
+    replica: Replica
+    rd: Ready
+    late: tuple[Message, ...]
+    """The messages still to send once the round's fsync is done."""
+    cache: EntryCache = field(default_factory=EntryCache)
+
+
+class Replica:
+    """One group's replica on this node. Built by its store once the WAL holds the
+    group's state (or none, for a node joining the group)."""
+
+    def __init__(self, store: Store, group: GroupId, kv_path: Path) -> None:
+        self.store = store
+        self.group = group
+        cfg = store.cfg
+        self.kv = MVCCStore(kv_path, metasync=False)
+        state = self._load_state()
+        rcfg = Config(
+            id=NodeId(store.node_id),
+            group=group,
+            election_tick=cfg.election_ticks,
+            heartbeat_tick=cfg.heartbeat_ticks,
+        )
+        self.raw = RawNode(rcfg, state, random.Random(), logging.getLogger("quorumkv.raft"))
+        self._durable_vote = (state.hard_state.term, state.hard_state.vote)
+        """(term, vote) of the last hard state made durable."""
+        self.writes: list[tuple[bytes, ClientConn, Any]] = []
+        self.waiting: dict[int, _Write] = {}
+        self.read_queue: list[tuple[ClientConn, Any, RangeRequest]] = []
+        self.read_batches: dict[bytes, _ReadBatch] = {}
+        self.ready_reads: deque[_ReadBatch] = deque()
+        self.apply_waiters: list[_Waiter] = []
+        self.role_waiters: list[asyncio.Future[None]] = []
+        self.snaps = _Snapshots()
+        self._read_seq = 0
+        # Read contexts carry a per-boot nonce: a late answer to a read of a previous
+        # incarnation of this replica must not match a read of this one.
+        self._boot = random.getrandbits(64).to_bytes(8, "big")
+        self.leader_seen: int = NONE
+        self.snapshot_index = int(state.snapshot.meta.index) if state.snapshot else 0
+
+    # -- start-up --------------------------------------------------------------------
+
+    def _load_state(self) -> RaftState:
+        storage = self.store.storage
+        if self.group not in storage.groups():
+            return RaftState()
+        st = storage.load(self.group)
+        if st.snapshot is not None:
+            self._learn_members(st.snapshot.data)
+        for e in st.entries:
+            if e.type is EntryType.CONF_CHANGE:
+                self._learn_conf(e.data)
+        hs = st.hard_state
+        applied = self.kv.applied_index()
+        floor = st.snapshot.meta.index if st.snapshot else 0
+        if applied < floor and floor > 1:  # index 1 is the bootstrap: an empty store
+            raise ServerError(
+                f"the state machine in {self.kv.path} is at index {applied}, behind the "
+                f"Raft snapshot at {floor}: it was damaged or replaced; rebuild this node"
+            )
+        # The store may be ahead of the durable commit index (commit-only hard states
+        # are not fsynced; a streamed snapshot is installed before Raft records it).
+        # Raft restarts from what it knows committed; entries the store already holds
+        # are skipped by index when they are applied again. Never raise the commit
+        # index from the store: the log's tail at those indices may be a deposed
+        # leader's, never committed.
+        return RaftState(hs, st.snapshot, st.entries, Index(max(floor, min(applied, hs.commit))))
+
+    def _learn_members(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            doc = unpack(data)
+            for k, v in doc["members"].items():
+                self.store.members[int(k)] = str(v)
+        except Exception as e:  # a snapshot from an older format: addresses come later
+            log.warning("snapshot data without member addresses: %r", e)
+
+    def _learn_conf(self, data: bytes) -> None:
+        try:
+            cc = decode_conf_change(data)
+            if cc.context:
+                for k, v in json.loads(cc.context).items():
+                    self.store.members[int(k)] = str(v)
+        except (ConfChangeError, ValueError, AttributeError) as e:
+            log.warning("conf change without readable addresses: %r", e)
+
+    def peer_ids(self) -> set[int]:
+        """Every other member of this group: voters, learners, outgoing and incoming."""
+        conf = self.raw.raft.trk.conf
+        ids = set(conf.voters) | set(conf.learners) | set(conf.voters_outgoing)
+        ids |= set(conf.learners_next)
+        ids.discard(NodeId(self.store.node_id))
+        return {int(i) for i in ids}
+
+    # -- input from peers --------------------------------------------------------------
+
+    def peer_lost(self, frm: int) -> None:
+        """A peer's connection to us closed. If it was this group's leader, its process
+        is most likely gone (a partition does not close connections this fast): forget
+        it and campaign after a short random delay, instead of waiting out an election
+        timeout of silence. A live leader simply reconnects; its next heartbeat brings
+        us back."""
+        raw = self.raw
+        if self.store.stopping or raw.raft.role is not Role.FOLLOWER or raw.raft.lead != frm:
+            return
+        if raw.forget_leader():
+            delay = random.uniform(0, 2 * self.store.cfg.tick_ms / 1000)
+            self.store.loop.call_later(delay, self._early_campaign)
+            self.store.schedule()
+
+    def _early_campaign(self) -> None:
+        raw = self.raw
+        if self.store.stopping or self.store.fatal is not None:
+            return
+        if raw.raft.lead == NONE and raw.raft.role is Role.FOLLOWER:
+            raw.campaign()
+            self.store.schedule()
+
+    # -- client requests -----------------------------------------------------------------
+
+    def not_leader(self, conn: ClientConn, req_id: Any) -> None:
+        lead = int(self.raw.raft.lead)
+        if lead == NONE:
+            self.store.reply_error(
+                conn, req_id, ERR_UNAVAILABLE, f"node {self.store.node_id} knows no leader"
+            )
+        else:
+            self.store.reply_error(
+                conn, req_id, ERR_NOT_LEADER, [lead, self.store.members.get(lead)]
+            )
+
+    def write(self, conn: ClientConn, req_id: Any, body: Any) -> None:
+        if self.raw.raft.role is not Role.LEADER:
+            self.not_leader(conn, req_id)
+            return
+        if len(self.waiting) + len(self.writes) >= self.store.cfg.max_pending:
+            self.store.metrics.proposals_refused.inc()
+            self.store.reply_error(
+                conn, req_id, ERR_TOO_MANY, f"{len(self.waiting)} writes are pending"
+            )
+            return
+        if not isinstance(body, bytes):
+            self.store.reply_error(
+                conn, req_id, ERR_BAD_REQUEST, "a write's body is an encoded command"
+            )
+            return
+        if len(body) > LIMITS.max_request_bytes:
+            err = KVLimitError("request size", LIMITS.max_request_bytes, len(body))
+            conn.reply(req_id, OK, encode_result(err))
+            return
+        # The command is not decoded here: every replica decodes and validates it when
+        # it applies the entry, and a bad one becomes the same error result on all of
+        # them, which is what the writer gets. Decoding it twice cost the leader ~9%.
+        self.writes.append((body, conn, req_id))
+        self.store.schedule()
+
+    def read(self, conn: ClientConn, req_id: Any, body: Any) -> None:
+        try:
+            data, serializable = body
+            cmd = decode_command(data)
+        except KVError as e:
+            conn.reply(req_id, OK, encode_result(e))
+            return
+        except (TypeError, ValueError):
+            self.store.reply_error(
+                conn, req_id, ERR_BAD_REQUEST, "a read's body is [command, serializable]"
+            )
+            return
+        req = cmd.request
+        if not isinstance(req, RangeRequest):
+            self.store.reply_error(conn, req_id, ERR_BAD_REQUEST, "OP_READ carries a range request")
+            return
+        if serializable:
+            self._serve(conn, req_id, req)
+            return
+        self.read_queue.append((conn, req_id, req))
+        self.store.schedule()
+
+    def _serve(self, conn: ClientConn, req_id: Any, req: RangeRequest) -> None:
+        try:
+            conn.reply(req_id, OK, encode_result(self.kv.range(req)))
+        except KVError as e:
+            conn.reply(req_id, OK, encode_result(e))
+
+    # -- the Ready cycle, phase by phase (the store runs each for every replica) ---------
+
+    def propose_queued(self) -> None:
+        """Before a round: the queued writes and reads go to the core, one batch each."""
+        if self.writes:
+            self._propose()
+        if self.read_queue:
+            self._issue_reads()
+
+    def _propose(self) -> None:
+        writes, self.writes = self.writes, []
+        raw = self.raw
+        if raw.raft.role is not Role.LEADER:
+            for _, conn, req_id in writes:
+                self.not_leader(conn, req_id)
+            return
+        try:
+            last = raw.propose_many([w[0] for w in writes])
+        except ProposalDropped as e:
+            for _, conn, req_id in writes:
+                self.store.reply_error(
+                    conn, req_id, ERR_NOT_LEADER, [e.leader, self.store.members.get(e.leader)]
+                )
+            return
+        term = int(raw.raft.term)
+        now = time.monotonic()
+        first = last - len(writes) + 1
+        for i, (_, conn, req_id) in enumerate(writes):
+            self.waiting[first + i] = _Write(conn, req_id, term, now)
+        self.store.metrics.proposals.inc(len(writes))
+
+    def _issue_reads(self) -> None:
+        reads, self.read_queue = self.read_queue, []
+        self._read_seq += 1
+        ctx = self._boot + self._read_seq.to_bytes(8, "big")
+        try:
+            self.raw.read_index(ctx)
+        except ProposalDropped:
+            for conn, req_id, _ in reads:
+                self.not_leader(conn, req_id)
+            return
+        deadline = time.monotonic() + 2 * self.store.cfg.election_timeout_s
+        self.read_batches[ctx] = _ReadBatch(reads, deadline)
+
+    def has_ready(self) -> bool:
+        """Whether a Ready is to be handled now. None is while a snapshot installs: no
+        entry may be applied until the new store is swapped in."""
+        return not self.snaps.restoring and self.raw.has_ready()
+
+    def ready(self) -> ReadyCycle:
+        rd = self.raw.ready()
+        return ReadyCycle(self, rd, rd.messages)
+
+    def send_early(self, c: ReadyCycle) -> bool:
+        """Phase 1: a role change, and the messages that may leave before the fsync.
+        Returns whether any was queued on a link."""
+        rd = c.rd
+        if rd.soft_state is not None:
+            self._role_changed(rd)
+        hs = rd.hard_state
+        if not rd.messages or (hs is not None and (hs.term, hs.vote) != self._durable_vote):
+            return False
+        # A leader's appends and heartbeats go out before its own fsync (thesis
+        # 10.2.1): the core counts the leader's own entries only once advance() says
+        # they are durable, so the disk and the followers work in parallel. Everything
+        # else (votes, acks) waits for the fsync, and nothing goes early if this Ready
+        # changes the term or the vote.
+        late = tuple(m for m in rd.messages if m.type not in _EARLY)
+        if len(late) == len(rd.messages):
+            return False
+        for m in rd.messages:
+            if m.type in _EARLY:
+                self._send(m, c.cache)
+        c.late = late
+        return True
+
+    def persist(self, c: ReadyCycle) -> None:
+        """Phase 2: the snapshot, entries and hard state, buffered in the shared WAL."""
+        self.store.storage.write_ready(self.group, c.rd)
+
+    def send_late(self, c: ReadyCycle) -> None:
+        """Phase 3, after the round's fsync: every message not sent early."""
+        hs = c.rd.hard_state
+        if hs is not None:
+            self._durable_vote = (hs.term, hs.vote)
+        for m in c.late:
+            self._send(m, c.cache)
+
+    def finish(self, c: ReadyCycle) -> None:
+        """Phase 4, after the acks left: apply, serve reads, advance."""
+        rd = c.rd
+        if rd.snapshot is not None:
+            self._learn_members(rd.snapshot.data)
+            self.snapshot_index = int(rd.snapshot.meta.index)
+            self.store.sync_links()
+        if rd.committed:
+            self._apply(rd)
+        for rs in rd.read_states:
+            batch = self.read_batches.pop(rs.context, None)
+            if batch is not None:
+                batch.index = int(rs.index)
+                self.ready_reads.append(batch)
+        if self.ready_reads:
+            self._serve_reads()
+        self.raw.advance(rd)
+
+    def _send(self, m: Message, cache: EntryCache) -> None:
+        if m.type is MessageType.SNAP:
+            self._start_snapshot(m)
+            return
+        link = self.store.link(int(m.to))
+        if link is None:
+            self.raw.report_unreachable(m.to)
+            return
+        link.send(encode_message(m, cache))
+
+    def _apply(self, rd: Ready) -> None:
+        batch: list[tuple[int, bytes]] = []
+        conf_changed = False
+        for e in rd.committed:
+            if e.type is EntryType.CONF_CHANGE:
+                self._learn_conf(e.data)
+                conf_changed = True
+                batch.append((e.index, b""))
+            else:
+                batch.append((e.index, e.data))
+        metrics = self.store.metrics
+        t0 = time.perf_counter()
+        self.kv.apply(batch, encoded=True, before_commit=lambda res: self._answer(rd, res))
+        metrics.apply_seconds.observe(time.perf_counter() - t0)
+        metrics.batch_entries.observe(len(batch))
+        metrics.applied_entries.inc(len(batch))
+        if conf_changed:
+            self.store.loop.call_soon(self.store.sync_links)
+        if self.apply_waiters:
+            applied = self.kv.applied_index()
+            terms = {int(e.index): int(e.term) for e in rd.committed}
+            keep = []
+            for aw in self.apply_waiters:
+                if aw.index <= applied:
+                    seen = terms.get(aw.index)
+                    if not aw.future.done():
+                        aw.future.set_result(None if seen is None else seen == aw.term)
+                else:
+                    keep.append(aw)
+            self.apply_waiters = keep
+
+    def _answer(self, rd: Ready, results: list[Any]) -> None:
+        """Answer the writers of ``rd.committed`` and send the answers now, before the
+        store commits the batch: the entries are committed in the log (on a majority's
+        disks) and their results are what any replay computes, so a crash before the
+        store's commit loses nothing; the writers just stop waiting for its fdatasync.
+        The loop handles no other request before the commit, so no read can miss a
+        write it was told about."""
+        if not self.waiting:
+            return
+        waiting = self.waiting
+        oldest = 0.0
+        for e, res in zip(rd.committed, results, strict=True):
+            w = waiting.pop(e.index, None)
+            if w is None:
+                continue
+            if e.term != w.term:
+                self.not_leader(w.conn, w.req_id)
+            elif res is None:
+                self.store.reply_error(w.conn, w.req_id, ERR_BAD_REQUEST, "stale session sequence")
+            else:
+                w.conn.reply(w.req_id, OK, res)
+                oldest = oldest or w.t0
+        if oldest:
+            # One sample a batch (its oldest write): a histogram observation per write
+            # cost the leader 2.5% of its CPU.
+            self.store.metrics.commit_seconds.observe(time.monotonic() - oldest)
+        self.store.flush_clients()
+
+    def _serve_reads(self) -> None:
+        applied = self.kv.applied_index()
+        while self.ready_reads and self.ready_reads[0].index <= applied:
+            batch = self.ready_reads.popleft()
+            for conn, req_id, req in batch.reads:
+                self._serve(conn, req_id, req)
+            self.store.metrics.reads.inc(len(batch.reads))
+
+    def _role_changed(self, rd: Ready) -> None:
+        assert rd.soft_state is not None
+        lead, role = int(rd.soft_state.leader), rd.soft_state.role
+        metrics = self.store.metrics
+        if lead != self.leader_seen:
+            self.leader_seen = lead
+            metrics.leader_changes.inc()
+            log.info("node %d: leader is now %s (term %d)",
+                     self.store.node_id, lead or "unknown", self.raw.raft.term)  # fmt: skip
+        if role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            metrics.elections.inc()
+        if role is not Role.LEADER and self.waiting:
+            # Our entries may still commit under the next leader: the outcome is
+            # unknown. The clients retry with the same session, which the state
+            # machine deduplicates, and say "unknown" if they give up.
+            waiting, self.waiting = self.waiting, {}
+            for w in waiting.values():
+                self.store.reply_error(w.conn, w.req_id, ERR_TIMEOUT, _LOST_LEADERSHIP)
+        for f in self.role_waiters:
+            if not f.done():
+                f.set_result(None)
+        self.role_waiters = []
+
+    def fail_everything(self, why: str) -> None:
+        """Answer every queued and waiting request (the node is stopping or failed)."""
+        error = self.store.reply_error
+        for w in self.waiting.values():  # proposed: they may still commit
+            error(w.conn, w.req_id, ERR_TIMEOUT, f"{why}; the outcome is unknown")
+        self.waiting.clear()
+        for _, conn, req_id in self.writes:  # never proposed
+            error(conn, req_id, ERR_UNAVAILABLE, why)
+        self.writes.clear()
+        for b in [*self.read_batches.values(), *self.ready_reads]:
+            for conn, req_id, _ in b.reads:
+                error(conn, req_id, ERR_UNAVAILABLE, why)
+        self.read_batches.clear()
+        self.ready_reads.clear()
+
+    # -- ticks and timeouts ----------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """One tick of the core, and the requests that waited too long are answered."""
+        self.raw.tick()
+        error = self.store.reply_error
+        if self.read_batches:
+            for ctx, b in list(self.read_batches.items()):
+                if b.deadline < now:
+                    del self.read_batches[ctx]
+                    for conn, req_id, _ in b.reads:
+                        error(conn, req_id, ERR_UNAVAILABLE, "read index lost; retry")
+        if self.ready_reads and self.ready_reads[0].deadline < now:
+            # Reads with a read index that this node has not applied yet (cut off from
+            # the leader since): answered unavailable instead of kept forever.
+            keep: deque[_ReadBatch] = deque()
+            for b in self.ready_reads:
+                if b.deadline < now:
+                    for conn, req_id, _ in b.reads:
+                        error(conn, req_id, ERR_UNAVAILABLE, "not caught up in time; retry")
+                else:
+                    keep.append(b)
+            self.ready_reads = keep
+        if self.waiting:
+            limit = now - self.store.cfg.request_timeout_s
+            for index in [i for i, w in self.waiting.items() if w.t0 < limit]:
+                w = self.waiting.pop(index)
+                error(w.conn, w.req_id, ERR_TIMEOUT, f"entry {index} not applied in time")
+
+    # -- compaction and snapshots ----------------------------------------------------
+
+    def maybe_compact(self) -> None:
+        cfg = self.store.cfg
+        applied = int(self.raw.raft.log.applied)
+        if applied - self.snapshot_index < cfg.snapshot_entries + cfg.catchup_entries:
+            return
+        index = applied - cfg.catchup_entries
+        self.kv.sync()  # the store must hold what the dropped log held
+        data = pack({"members": {str(k): v for k, v in self.store.members.items()}})
+        snap = self.raw.compact(Index(index), data)
+        self.store.storage.save_snapshot(self.group, snap)
+        self.snapshot_index = index
+        log.info("node %d compacted its log to %d", self.store.node_id, index)
+
+    def _start_snapshot(self, m: Message) -> None:
+        to = int(m.to)
+        task = self.snaps.sending.get(to)
+        if task is not None and not task.done():
+            return
+        self.snaps.sending[to] = self.store.loop.create_task(self._stream_snapshot(m))
+
+    async def _stream_snapshot(self, m: Message) -> None:
+        store = self.store
+        to = NodeId(int(m.to))
+        addr = store.members.get(int(to))
+        ok, why = False, "no address"
+        try:
+            if addr is not None:
+                hello = snap_hello(store.cluster, store.node_id, store.cfg.listen)
+                ok, why, sent = await send_snapshot(
+                    addr, hello, encode_message(m), self.kv.snapshot(), 5.0
+                )
+                store.metrics.peer_bytes_out.inc(sent)
+        except asyncio.CancelledError:
+            why = "cancelled"
+            raise
+        except Exception as e:  # any failure: the core must hear of it, or it waits
+            why = f"{type(e).__name__}: {e}"
+        finally:
+            if ok:
+                store.metrics.snapshots_sent.inc()
+                log.info("node %d sent a snapshot to node %d", store.node_id, to)
+            else:
+                log.warning("node %d could not send a snapshot to node %d: %s",
+                            store.node_id, to, why)  # fmt: skip
+            if not store.stopping:
+                self.raw.report_snapshot(to, ok)
+                store.schedule()
+
+    def snapshot_received(self, frm: int, m: Message, spool: Path, conn: SnapConn) -> None:
+        """A snapshot stream for this group arrived whole (its SNAP message is ``m``)."""
+        if self.snaps.restoring or self.store.stopping:
+            # One install at a time: two overlapping ones (an old and a new leader each
+            # sending one) could swap an older store in over a newer one.
+            spool.unlink(missing_ok=True)
+            conn.answer(False, "busy installing another snapshot; retry later")
+            return
+        self.snaps.restoring = True
+        self.snaps.installing = self.store.loop.create_task(self._install(frm, m, spool, conn))
+
+    async def _install(self, frm: int, m: Message, spool: Path, conn: SnapConn) -> None:
+        node_id = self.store.node_id
+        try:
+            chunks = read_spool(spool)
+            head = next(chunks)
+            index = snapshot_index(head)
+            if index > self.kv.applied_index():
+                # Restore beside the open store, off the loop; no Ready is handled (so
+                # nothing is applied) until the new store is swapped in.
+                path = self.kv.path
+
+                def restore() -> MVCCStore:
+                    new = MVCCStore.restore(path, [head, *chunks], sync=True)
+                    new.close()
+                    return MVCCStore(path, metasync=False)
+
+                new = await self.store.loop.run_in_executor(None, restore)
+                old, self.kv = self.kv, new
+                old.close()
+            self.raw.step(m)
+            self.store.metrics.snapshots_received.inc()
+            log.info("node %d installed a snapshot at %d from node %d", node_id, index, frm)
+            conn.answer(True)
+        except Exception as e:
+            log.warning("node %d refused a snapshot from node %d: %r", node_id, frm, e)
+            conn.answer(False, str(e))
+        finally:
+            self.snaps.restoring = False
+            spool.unlink(missing_ok=True)
+            self.store.schedule()
+
+    # -- membership and leadership ----------------------------------------------------
+
+    async def _until_applied(self, index: int, term: int, timeout: float) -> None:
+        """Wait until the entry proposed at ``index`` in ``term`` is applied. Raises
+        ``ProposalDropped`` if another leader's entry took its place (it never took
+        effect) and ``TimeoutError`` when that cannot be known (outcome unknown)."""
+        if self.kv.applied_index() >= index:
+            seen = self.raw.raft.log.term(Index(index))
+            ok: bool | None = None if seen is None else int(seen) == term
+        else:
+            fut: asyncio.Future[bool | None] = self.store.loop.create_future()
+            self.apply_waiters.append(_Waiter(index, term, fut))
+            ok = await asyncio.wait_for(fut, timeout)
+        if ok is None:
+            raise TimeoutError
+        if not ok:
+            raise ProposalDropped(
+                "leadership was lost and the change was replaced; it did not happen",
+                int(self.raw.raft.lead),
+            )
+
+    async def _conf_change(self, cc: ConfChange, timeout: float) -> None:
+        tick_s = self.store.cfg.tick_ms / 1000
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.raw.raft.role is not Role.LEADER:
+                raise ProposalDropped("lost leadership", int(self.raw.raft.lead))
+            try:
+                index = self.raw.propose_conf_change(cc)
+                break
+            except ProposalDropped as e:
+                if "not applied yet" not in str(e) and "transfer" not in str(e):
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError from None
+                await asyncio.sleep(tick_s)
+        term = int(self.raw.raft.term)
+        self.store.schedule()
+        await self._until_applied(int(index), term, max(0.1, deadline - time.monotonic()))
+        # Leaving the joint configuration is proposed by the core itself once applied.
+        while self.raw.raft.trk.conf.joint:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(tick_s)
+
+    def members_list(self) -> list[dict[str, Any]]:
+        conf = self.raw.raft.trk.conf
+        ids = set(conf.voters) | set(conf.learners) | set(conf.voters_outgoing)
+        members = self.store.members
+        return [
+            {"id": int(i), "addr": members.get(int(i)), "voter": i in conf.voters}
+            for i in sorted(ids)
+        ]
+
+    async def member_add(self, node: int, addr: str, learner_only: bool) -> list[dict[str, Any]]:
+        parse_address(addr)
+        cfg = self.store.cfg
+        conf = self.raw.raft.trk.conf
+        timeout = max(30.0, cfg.request_timeout_s)
+        if node in conf.voters:
+            raise Refused(f"node {node} is already a voter")
+        ctx = json.dumps({str(node): addr})
+        if node not in conf.learners:
+            self.store.learn_address(node, addr)
+            cc = ConfChange((Change(ChangeType.ADD_LEARNER, NodeId(node)),), context=ctx)
+            await self._conf_change(cc, timeout)
+        if learner_only:
+            return self.members_list()
+        # Promote once it has caught up: a voter that cannot vote yet would only make
+        # the quorum harder to reach.
+        deadline = time.monotonic() + 10 * timeout
+        while True:
+            if self.raw.raft.role is not Role.LEADER:
+                raise ProposalDropped("lost leadership", int(self.raw.raft.lead))
+            pr = self.raw.raft.trk.progress.get(NodeId(node))
+            if pr is not None and pr.match + 100 >= self.raw.raft.log.last_index():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(cfg.tick_ms / 1000)
+        cc = ConfChange((Change(ChangeType.ADD_VOTER, NodeId(node)),), context=ctx)
+        await self._conf_change(cc, timeout)
+        return self.members_list()
+
+    async def member_remove(self, node: int) -> list[dict[str, Any]]:
+        conf = self.raw.raft.trk.conf
+        if node not in conf.voters and node not in conf.learners:
+            raise Refused(f"node {node} is not a member")
+        if node == self.store.node_id:
+            others = [v for v in conf.voters if v != node]
+            if not others:
+                raise Refused("cannot remove the last voter")
+            await self.transfer(0)
+            raise ProposalDropped("leadership moved before removing this node",
+                                  int(self.raw.raft.lead))  # fmt: skip
+        cc = ConfChange((Change(ChangeType.REMOVE, NodeId(node)),))
+        await self._conf_change(cc, max(30.0, self.store.cfg.request_timeout_s))
+        return self.members_list()
+
+    def _best_follower(self) -> int:
+        """The voter to hand leadership to: the most caught-up one, preferring those
+        heard from lately (check-quorum's activity flags)."""
+        r = self.raw.raft
+        best, best_key = 0, (False, -1)
+        for nid, pr in r.trk.progress.items():
+            if nid == r.id or pr.is_learner or nid not in r.trk.conf.voters:
+                continue
+            key = (bool(pr.recent_active), int(pr.match))
+            if key > best_key:
+                best, best_key = int(nid), key
+        return best
+
+    async def transfer(self, to: int, wait_s: float | None = None) -> dict[str, Any]:
+        store = self.store
+        target = to or self._best_follower()
+        if not target:
+            raise Refused("no other voter to transfer leadership to")
+        if target == store.node_id:
+            return {"leader": store.node_id}
+        self.raw.transfer_leader(NodeId(target))
+        store.schedule()
+        if wait_s is None:
+            wait_s = 2 * store.cfg.election_timeout_s + 1
+        deadline = time.monotonic() + wait_s
+        # Wait until we have stepped down AND heard from the new leader.
+        while self.raw.raft.lead in (NONE, store.node_id) and time.monotonic() < deadline:
+            fut: asyncio.Future[None] = store.loop.create_future()
+            self.role_waiters.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+        if self.raw.raft.role is Role.LEADER:
+            raise TimeoutError
+        return {"leader": int(self.raw.raft.lead) or target}
+
+    # -- inspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """This group's part of the node's ``/status``, in the order it is shown."""
+        r = self.raw.raft
+        lead = int(r.lead)
+        progress = {}
+        if r.role is Role.LEADER:
+            for nid, pr in sorted(r.trk.progress.items()):
+                progress[str(int(nid))] = {
+                    "match": int(pr.match),
+                    "next": int(pr.next),
+                    "state": pr.state.name.lower(),
+                    "learner": pr.is_learner,
+                    "active": bool(pr.recent_active) or nid == r.id,
+                }
+        return {
+            "role": r.role.value.replace("-", "_"),
+            "term": int(r.term),
+            "leader": lead,
+            "leader_addr": self.store.members.get(lead),
+            "commit": int(r.log.committed),
+            "applied": self.kv.applied_index(),
+            "last_index": int(r.log.last_index()),
+            "snapshot_index": self.snapshot_index,
+            "revision": self.kv.revision(),
+            "compacted_revision": self.kv.compacted_revision(),
+            "members": self.members_list(),
+            "progress": progress,
+            "pending_proposals": len(self.waiting) + len(self.writes),
+            "db_bytes": _db_bytes(self.kv),
+        }
+
+    def health(self) -> tuple[bool, str]:
+        r = self.raw.raft
+        if r.lead == NONE:
+            return False, "no leader known"
+        lag = int(r.log.committed) - self.kv.applied_index()
+        if lag > 1000:
+            return False, f"applying: {lag} committed entries not yet applied"
+        return True, f"leader {int(r.lead)}, term {int(r.term)}"
+
+    def gauges(self) -> dict[str, float]:
+        r = self.raw.raft
+        return {
+            "term": float(r.term),
+            "is_leader": float(r.role is Role.LEADER),
+            "commit_index": float(r.log.committed),
+            "applied_index": float(self.kv.applied_index()),
+            "last_index": float(r.log.last_index()),
+            "pending_proposals": float(len(self.waiting)),
+            "members": float(len(r.trk.conf.voters)),
+            "db_bytes": float(_db_bytes(self.kv)),
+        }
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def hand_over(self) -> None:
+        """If this replica leads and has a voter to hand over to, transfer leadership
+        (the node is stopping)."""
+        if self.raw.raft.role is not Role.LEADER or not self._best_follower():
+            return
+        node_id = self.store.node_id
+        try:
+            # The core gives a transfer one election timeout; so do we, since the
+            # whole cluster may be stopping at once.
+            await self.transfer(0, self.store.cfg.election_timeout_s)
+            log.info("node %d handed leadership over before stopping", node_id)
+        except (TimeoutError, Refused, ProposalDropped) as e:
+            log.warning("node %d stops without a leadership transfer: %s", node_id, e)
+
+    async def wait_install(self) -> None:
+        """Let a restore running in a thread finish its swap before the store closes."""
+        if self.snaps.installing is not None and not self.snaps.installing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.snaps.installing), 60)
+
+    def cancel_sends(self) -> None:
+        for task in self.snaps.sending.values():
+            task.cancel()
+
+
+def _db_bytes(kv: MVCCStore) -> int:
+    try:
+        return int(kv.stats()["used_bytes"])
+    except Exception:
+        return 0
