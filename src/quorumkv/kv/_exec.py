@@ -38,14 +38,13 @@ a clock or does I/O of its own.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from quorumkv.kv._codec import pack, unpack
 from quorumkv.kv._errors import CompactedError, FutureRevisionError
-from quorumkv.kv._index import KeyIndex, make_rev, rev_key
+from quorumkv.kv._index import KeyIndex, make_rev, rev_from_key, rev_key, rev_main
 from quorumkv.kv._types import (
     CompactionRequest,
     CompactionResponse,
@@ -68,7 +67,6 @@ from quorumkv.kv._types import (
     TxnResponse,
 )
 
-_REV = struct.Struct(">QQ")
 _COMPACT_CHUNK = 4096  # keys handled per pass of a compaction
 
 
@@ -278,7 +276,7 @@ class Executor:
             raise CompactedError(revision, self.compacted)
         if revision > self.current:
             raise FutureRevisionError(revision, self.current)
-        seek = _REV.pack(self.compacted + 1, 0)
+        seek = rev_key(make_rev(self.compacted + 1, 0, False))
         while seek:
             keys, seek = self._touched(seek, revision)
             for key in keys:
@@ -294,7 +292,7 @@ class Executor:
         ok = cur.set_range(seek)
         while ok:
             rk = bytes(cur.key())
-            if _REV.unpack(rk)[0] > revision:
+            if rev_main(rev_from_key(rk, False)) > revision:
                 break
             keys[unpack(cur.value())[0]] = None
             if len(keys) >= _COMPACT_CHUNK:
