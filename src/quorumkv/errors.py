@@ -18,6 +18,8 @@
     │   ├── CompactedError         a read at a revision already compacted away
     │   ├── FutureRevisionError    a read at a revision not yet reached
     │   ├── StoreFullError         the engine's map is full; the batch rolled back
+    │   ├── OutOfRangeError        a key outside the range it was sent to (sharded)
+    │   ├── StaleStampError        a revision stamp not above the range's revision
     │   └── SnapshotError          a state machine snapshot that cannot be restored
     ├── ClientError                a request through the client did not succeed
     │   ├── ProtocolError          the endpoint is not a quorumkv node we can speak to
@@ -26,6 +28,7 @@
     │   ├── RequestTimeoutError    no answer in time: the request MAY have been applied
     │   ├── TooManyRequestsError   the leader is overloaded and refused new work
     │   ├── CompareFailedError     a compare-and-swap found a different value
+    │   ├── CrossRangeError        a transaction whose keys lie in several ranges
     │   └── MembershipError        a membership change was refused
     ├── ServerError                a node cannot start or go on (bad config, data dir)
     └── SimulationError            the simulator found a violated invariant
@@ -123,6 +126,20 @@ class CompareFailedError(ClientError):
         super().__init__(f"compare failed on key {key!r}: found {actual!r}")
         self.key = key
         self.actual = actual
+
+
+class CrossRangeError(ClientError):
+    """A transaction names keys of more than one range of a sharded cluster. Until
+    distributed transactions are built, a transaction is atomic only inside one range:
+    keep its keys together (a common prefix usually is) or split it yourself."""
+
+    def __init__(self, ranges: list[tuple[int, bytes, bytes]]) -> None:
+        named = ", ".join(f"{rid} [{s!r}, {e!r})" for rid, s, e in ranges)
+        super().__init__(
+            f"the transaction spans {len(ranges)} ranges ({named}); transactions across "
+            "ranges are not supported yet"
+        )
+        self.ranges = ranges
 
 
 class MembershipError(ClientError):
@@ -238,6 +255,37 @@ class StoreFullError(KVError):
     """Raised by ``apply`` when the LMDB map (``map_size``) is full. The whole batch was
     rolled back and the applied index did not move. Retrying helps only after reopening
     the store with a larger ``map_size`` (or compacting)."""
+
+
+class OutOfRangeError(KVError):
+    """A sharded cluster's range refused a request naming a key outside its bounds: the
+    key's range split off or moved since the client routed the request. Nothing was
+    done and no session recorded it: refresh the range cache and retry, with the same
+    sequence number, at the range that holds the key now."""
+
+    def __init__(self, range_id: int, key: bytes, start: bytes, end: bytes) -> None:
+        super().__init__(
+            f"key {key!r} is outside range {range_id} [{start!r}, {end!r}) "
+            "(it split or moved); refresh the range cache and retry"
+        )
+        self.range_id = range_id
+        self.key = key
+        self.start = start
+        self.end = end
+
+
+class StaleStampError(KVError):
+    """A sharded cluster's range refused a write whose revision stamp (from the meta
+    range's revision allocator) does not exceed the range's current revision, which can
+    happen only across a change of leader. Nothing was done and no session recorded
+    it; retrying helps."""
+
+    def __init__(self, stamp: int, current: int) -> None:
+        super().__init__(
+            f"revision stamp {stamp} is not above the range's current revision {current}; retry"
+        )
+        self.stamp = stamp
+        self.current = current
 
 
 class SnapshotError(KVError):

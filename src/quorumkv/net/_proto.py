@@ -31,7 +31,27 @@ OP_STATUS          None                                     status dict (see ser
 OP_MEMBER_ADD      [node_id, "host:port", learner_only]     members list
 OP_MEMBER_REMOVE   node_id                                  members list
 OP_TRANSFER        target node id (0: the most caught-up)   {"leader": id}
+OP_RANGE_WRITE     [range_id, version, encoded Command]     encoded result
+OP_RANGE_READ      [range_id, version, encoded Command      encoded result
+                   with a RangeRequest, serializable]
+OP_RANGES          [start, end] (end b"": to the end of     {"ranges": [descriptor wire,
+                   the keyspace)                            ...], "nodes": {"id": addr}}
+OP_SPLIT           [range_id, version, split key]           {"left": descriptor wire,
+                                                            "right": descriptor wire}
+OP_META            internal, node to node: [kind, body]     depends on kind
 =================  =======================================  ==============================
+
+The ``OP_RANGE_*``, ``OP_RANGES`` and ``OP_SPLIT`` operations exist only on a sharded
+cluster (the handshake's answer says ``"sharded": true``); there ``OP_WRITE`` and
+``OP_READ`` are refused with ERR_BAD_REQUEST, and on an unsharded cluster the sharded
+operations are. ``version`` is the descriptor version (``Epoch.version``) the client
+routed by (descriptors travel as ``RangeDescriptor.to_wire()``). A range's replica checks
+the keys of every request against its own bounds when it applies or serves it; a key
+outside them is an OK answer whose result decodes to ``OutOfRangeError`` (nothing was
+done, and the session records nothing: the client refreshes its range cache and
+retries elsewhere with the same sequence number). ``OP_RANGES`` may be answered by any
+node that hosts the meta range, from its copy of the directory (possibly a little
+stale: that is what the errors above correct). ``OP_SPLIT`` goes to the range's leader.
 
 A kv error decided by the state machine or at the edge (a limit, a compacted revision)
 is an OK answer whose result decodes to the error: the client raises it. The other codes
@@ -44,6 +64,10 @@ say why the node did not do the work; each says whether a retry elsewhere can he
 - ERR_SHUTTING_DOWN message: this node is stopping; retry elsewhere.
 - ERR_BAD_REQUEST message: a request that can never succeed (unknown op, bad body).
 - ERR_MEMBERSHIP message: a membership change was refused.
+- ERR_WRONG_RANGE ``WrongRange.to_wire()``: this node holds no replica of the range the
+  request named (it never did, or not yet: a split's right half is created when each
+  replica applies the split); the hint lists descriptors it knows. Refresh the range
+  cache (``OP_RANGES``) and retry.
 
 A *peer* connection carries frames that are lists of encoded Raft messages, one way
 (each node dials each peer and sends on its own connection). A *snap* connection
@@ -69,7 +93,22 @@ MAX_PEER_FRAME = 64 << 20
 """A peer frame: a batch of Raft messages, or one snapshot chunk."""
 
 OP_WRITE, OP_READ, OP_STATUS, OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_TRANSFER = 1, 2, 3, 4, 5, 6
-OPS = frozenset({OP_WRITE, OP_READ, OP_STATUS, OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_TRANSFER})
+OP_RANGE_WRITE, OP_RANGE_READ, OP_RANGES, OP_SPLIT, OP_META = 7, 8, 9, 10, 11
+OPS = frozenset(
+    {
+        OP_WRITE,
+        OP_READ,
+        OP_STATUS,
+        OP_MEMBER_ADD,
+        OP_MEMBER_REMOVE,
+        OP_TRANSFER,
+        OP_RANGE_WRITE,
+        OP_RANGE_READ,
+        OP_RANGES,
+        OP_SPLIT,
+        OP_META,
+    }
+)
 
 OK = 0
 ERR_NOT_LEADER = 1
@@ -81,8 +120,11 @@ ERR_BAD_REQUEST = 6
 ERR_MEMBERSHIP = 7
 ERR_PROTOCOL = 8
 """Handshake refusals: wrong magic or version, wrong kind, another cluster."""
+ERR_WRONG_RANGE = 9
 
-RETRYABLE = frozenset({ERR_NOT_LEADER, ERR_UNAVAILABLE, ERR_TOO_MANY, ERR_SHUTTING_DOWN})
+RETRYABLE = frozenset(
+    {ERR_NOT_LEADER, ERR_UNAVAILABLE, ERR_TOO_MANY, ERR_SHUTTING_DOWN, ERR_WRONG_RANGE}
+)
 
 
 def client_hello() -> dict[str, Any]:
@@ -130,8 +172,8 @@ def refuse(code: int, message: str) -> dict[str, Any]:
     return {"ok": False, "code": code, "message": message}
 
 
-def accept(node: int, cluster: int) -> dict[str, Any]:
-    return {"ok": True, "node": node, "cluster": cluster}
+def accept(node: int, cluster: int, sharded: bool = False) -> dict[str, Any]:
+    return {"ok": True, "node": node, "cluster": cluster, "sharded": sharded}
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -43,6 +43,9 @@ class ServerConfig:
     peers: dict[int, str]
     http: str = ""
     join: bool = False
+    sharded: bool = False
+    """Bootstrap a sharded cluster (a meta range and ranges of keys) instead of one group
+    holding the whole keyspace. Decided once, when the cluster is founded."""
     cluster_token: str = "quorumkv"
     tick_ms: int = 50
     election_ticks: int = 10
@@ -110,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="start empty and wait to be added to a running cluster (qkv member add)",
     )
+    p.add_argument(
+        "--sharded",
+        action="store_true",
+        default=None,
+        help="found a sharded cluster: a meta range and ranges of keys that split (default: "
+        "one Raft group holds every key)",
+    )
     p.add_argument("--cluster-token", help="distinguishes clusters with the same peer list")
     p.add_argument("--tick-ms", type=int, help="milliseconds per Raft tick (default 50)")
     p.add_argument("--election-ticks", type=int, help="ticks per election timeout (10)")
@@ -128,6 +138,7 @@ _KEYS = {
     "http": ("http", str),
     "peers": ("peers", str),
     "join": ("join", bool),
+    "sharded": ("sharded", bool),
     "cluster_token": ("cluster_token", str),
     "tick_ms": ("tick_ms", int),
     "election_ticks": ("election_ticks", int),
