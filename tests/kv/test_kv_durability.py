@@ -131,36 +131,53 @@ def test_full_map_rolls_back_the_batch(tmp_path: Path) -> None:
     store.close()
 
 
-def test_format_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
-    """A store written when the key index was an LMDB database opens as format 2: the
-    old ``index`` database is dropped and the in-memory index rebuilt from ``rev``."""
+def _old_store(path: Path, fmt: int, session: bytes) -> None:
+    """Write, by hand, the layout of a store of format ``fmt`` (1 or 2): one state
+    machine, its metadata under plain names, one put of ``a`` at revision 2 by client 9
+    (seq 1), with its session in that format's form."""
     import lmdb
 
     from quorumkv.kv._codec import pack
 
-    path = tmp_path / "kv"
-    put = encode_command(Command(9, 1, PutRequest(b"a", b"1")))
-    with MVCCStore(path, map_size=1 << 30) as store:
-        (answer,) = store.apply([(1, put)], encoded=True)
+    u64 = lambda n: n.to_bytes(8, "big")  # noqa: E731
     env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:
-        old = env.open_db(b"index", txn=txn, dupsort=True)
-        txn.put(b"a", b"\0" * 17, db=old)
-        meta = env.open_db(b"meta", txn=txn)
-        txn.put(b"format", (1).to_bytes(8, "big"), db=meta)
+        rev, meta = env.open_db(b"rev", txn=txn), env.open_db(b"meta", txn=txn)
         sessions = env.open_db(b"sessions", txn=txn)
-        txn.put((9).to_bytes(8, "big"), pack([1, answer]), db=sessions)  # format 1's form
+        if fmt == 1:
+            old = env.open_db(b"index", txn=txn, dupsort=True)
+            txn.put(b"a", b"\0" * 17, db=old)
+        txn.put(u64(2) + u64(0), pack([b"a", b"1", 2, 2, 1, 0, False]), db=rev)
+        for name, value in ((b"applied", 1), (b"revision", 2), (b"compacted", 0)):
+            txn.put(name, u64(value), db=meta)
+        txn.put(b"format", u64(fmt), db=meta)
+        txn.put(u64(9), pack([1, session]) if fmt == 1 else u64(1) + session, db=sessions)
     env.close()
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_older_stores_are_upgraded_in_place(tmp_path: Path, fmt: int) -> None:
+    """A store of format 1 (the key index in LMDB) or 2 (one state machine per
+    environment) opens as format 3: range 1 over the whole keyspace, its session kept."""
+    import lmdb
+
+    from quorumkv.kv import PutResponse, encode_result
+
+    path = tmp_path / "kv"
+    path.mkdir()
+    put = encode_command(Command(9, 1, PutRequest(b"a", b"1")))
+    answer = encode_result(PutResponse(2, None))
+    _old_store(path, fmt, answer)
     with MVCCStore(path, map_size=1 << 30) as store:
         kv = store.get(b"a")
         assert kv is not None and kv.value == b"1"
-        assert store.stats()["keys"] == 1
+        assert store.stats()["keys"] == 1 and store.applied_index() == 1
         # The retried command is answered from its upgraded session, not applied again.
         assert store.apply([(2, put)], encoded=True) == [answer]
         assert store.revision() == 2
     env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30, readonly=True)
     with env.begin() as txn:
         names = {bytes(k) for k, _ in txn.cursor().iternext()}
-        fmt = txn.get(b"format", db=env.open_db(b"meta", txn=txn, create=False))
+        fmt_now = txn.get(b"format", db=env.open_db(b"meta", txn=txn, create=False))
     env.close()
-    assert b"index" not in names and int.from_bytes(fmt, "big") == 2
+    assert b"index" not in names and int.from_bytes(fmt_now, "big") == 3

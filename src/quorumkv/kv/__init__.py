@@ -4,6 +4,10 @@ transactions, compaction) kept in LMDB.
 Feed committed log entries to ``MVCCStore.apply`` in batches; propose commands built
 with ``encode_command(Command(client, seq, request))``. Reads go to ``MVCCStore.range``.
 Raft snapshots are ``MVCCStore.snapshot()`` chunks, installed with ``MVCCStore.restore``.
+A node of a sharded cluster keeps every group it hosts in one ``Engine``: a
+``RangeStore`` per range of keys (bounds checked, revisions stamped by the cluster's
+allocator with ``stamp_command``, split without copying data), and whole-state blobs for
+the other groups (the meta range).
 Limits are in ``LIMITS``; errors are the ``KVError`` tree in ``quorumkv.kv._errors``.
 
 Not built yet: leases (a lease id is stored and compared, never checked or expired),
@@ -14,6 +18,7 @@ filters on min/max revisions, and expiry of idle client sessions.
 from __future__ import annotations
 
 from quorumkv.kv._codec import Result, decode_command, decode_result, encode_command, encode_result
+from quorumkv.kv._engine import DEFAULT_MAP_SIZE, Engine
 from quorumkv.kv._errors import (
     CompactedError,
     DuplicateKeyError,
@@ -24,7 +29,8 @@ from quorumkv.kv._errors import (
     SnapshotError,
     StoreFullError,
 )
-from quorumkv.kv._mvcc import DEFAULT_MAP_SIZE, MVCCStore, snapshot_index
+from quorumkv.kv._mvcc import MVCCStore
+from quorumkv.kv._range import ADMIN_PREFIX, RangeStore, snapshot_index, stamp_command
 from quorumkv.kv._types import (
     ALL_KEYS,
     LIMITS,
@@ -54,6 +60,7 @@ from quorumkv.kv._types import (
 )
 
 __all__ = [
+    "ADMIN_PREFIX",
     "ALL_KEYS",
     "DEFAULT_MAP_SIZE",
     "LIMITS",
@@ -67,6 +74,7 @@ __all__ = [
     "DeleteRangeRequest",
     "DeleteRangeResponse",
     "DuplicateKeyError",
+    "Engine",
     "FutureRevisionError",
     "KVError",
     "KVLimitError",
@@ -80,6 +88,7 @@ __all__ = [
     "PutResponse",
     "RangeRequest",
     "RangeResponse",
+    "RangeStore",
     "Request",
     "Response",
     "Result",
@@ -95,4 +104,5 @@ __all__ = [
     "encode_result",
     "prefix_end",
     "snapshot_index",
+    "stamp_command",
 ]

@@ -41,6 +41,8 @@ from quorumkv.kv._errors import (
     KVError,
     KVLimitError,
     MalformedRequestError,
+    OutOfRangeError,
+    StaleStampError,
 )
 from quorumkv.kv._types import (
     _MAX_INT64,
@@ -334,6 +336,10 @@ def _result_doc(res: Result) -> list[object]:
         return [ERROR, "limit", res.limit, res.allowed, res.actual, res.unit]
     if isinstance(res, DuplicateKeyError):
         return [ERROR, "duplicate", res.key]
+    if isinstance(res, OutOfRangeError):
+        return [ERROR, "out_of_range", res.range_id, res.key, res.start, res.end]
+    if isinstance(res, StaleStampError):
+        return [ERROR, "stale_stamp", res.stamp, res.current]
     return [ERROR, "malformed", str(res)]
 
 
@@ -366,6 +372,10 @@ def _result(doc: list[Any]) -> Result:
         return KVLimitError(*args)
     if kind == "duplicate":
         return DuplicateKeyError(*args)
+    if kind == "out_of_range":
+        return OutOfRangeError(*args)
+    if kind == "stale_stamp":
+        return StaleStampError(*args)
     return MalformedRequestError(*args)
 
 

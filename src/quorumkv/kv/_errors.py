@@ -7,7 +7,9 @@ from quorumkv.errors import (
     KVError,
     KVLimitError,
     MalformedRequestError,
+    OutOfRangeError,
     SnapshotError,
+    StaleStampError,
     StoreFullError,
 )
 
@@ -18,6 +20,8 @@ __all__ = [
     "KVError",
     "KVLimitError",
     "MalformedRequestError",
+    "OutOfRangeError",
     "SnapshotError",
+    "StaleStampError",
     "StoreFullError",
 ]

@@ -147,15 +147,31 @@ def read_range(
 
 class Executor:
     """Runs requests in one write transaction. ``current`` and ``compacted`` are the
-    state's revisions as of the last request; the caller persists them."""
+    state's revisions as of the last request; the caller persists them.
 
-    def __init__(self, txn: Any, dbs: Dbs, index: KeyIndex, current: int, compacted: int) -> None:
+    A write takes main revision ``current + 1``, or ``stamp`` when the caller set one (a
+    sharded range: revisions come from the cluster's allocator, so they are unique
+    across ranges but not dense, and records are put in place, not appended, since other
+    ranges' records interleave with them in the shared engine)."""
+
+    def __init__(
+        self,
+        txn: Any,
+        dbs: Dbs,
+        index: KeyIndex,
+        current: int,
+        compacted: int,
+        append: bool = True,
+    ) -> None:
         self.txn = txn
         self.dbs = dbs
         self.index = index
         self.current = current
         self.compacted = compacted
-        self._sub = 0  # writes so far in the running request; they share ``current + 1``
+        self.append = append
+        self.stamp = 0
+        """The main revision of the next write request's writes (0: ``current + 1``)."""
+        self._sub = 0  # writes so far in the running request; they share its main revision
 
     # -- entry point -----------------------------------------------------------------
 
@@ -164,7 +180,7 @@ class Executor:
         assert self._sub == 0
         if type(req) is PutRequest:  # the common case: no compares, no read revisions
             put = self._put(req)
-            self.current += 1
+            self.current = self.stamp or self.current + 1
             self._sub = 0
             return put
         if isinstance(req, CompactionRequest):
@@ -173,7 +189,7 @@ class Executor:
         self._plan(req, path)
         res = self._op(req, iter(path))
         if self._sub:
-            self.current += 1
+            self.current = self.stamp or self.current + 1
             self._sub = 0
         return res
 
@@ -217,7 +233,7 @@ class Executor:
     # -- operations --------------------------------------------------------------------
 
     def _header(self) -> int:
-        return self.current + 1 if self._sub else self.current
+        return (self.stamp or self.current + 1) if self._sub else self.current
 
     def _op(self, op: Request, path: Iterator[bool]) -> OpResponse:
         if isinstance(op, PutRequest):
@@ -235,18 +251,22 @@ class Executor:
     def _write(
         self, key: bytes, value: bytes, create: int, version: int, lease: int, tombstone: bool
     ) -> None:
-        main, sub = self.current + 1, self._sub
+        main, sub = self.stamp or self.current + 1, self._sub
         self._sub += 1
         rev = make_rev(main, sub, tombstone)
         doc = pack([key, value, create, main, version, lease, tombstone])
-        ok = self.txn.put(rev_key(rev), doc, db=self.dbs.rev, append=True)
-        assert ok, f"revision {(main, sub)} is not above every stored revision"
+        if self.append:
+            ok = self.txn.put(rev_key(rev), doc, db=self.dbs.rev, append=True)
+            assert ok, f"revision {(main, sub)} is not above every stored revision"
+        else:
+            ok = self.txn.put(rev_key(rev), doc, db=self.dbs.rev, overwrite=False)
+            assert ok, f"revision {(main, sub)} is stored already: two writers stamped it"
         self.index.add(key, rev)
 
     def _put(self, op: PutRequest) -> PutResponse:
         # The hot path of the state machine: the previous record is unpacked but only
         # made a KeyValue when the request asks for it.
-        main = self.current + 1
+        main = self.stamp or self.current + 1
         key = op.key
         rev = self.index.pick(key, None)
         if rev is None or rev & 1:

@@ -134,6 +134,40 @@ class KeyIndex:
             if rev is not None and not rev & 1:
                 yield k, rev
 
+    def all_revs(self) -> list[int]:
+        """Every surviving revision of every key (unordered)."""
+        out: list[int] = []
+        for v in self._revs.values():
+            if type(v) is int:
+                out.append(v)
+            else:
+                out.extend(v)  # type: ignore[arg-type]
+        return out
+
+    def middle_key(self) -> bytes | None:
+        """The key with as many keys below it as above (None: fewer than two keys)."""
+        n = len(self._keys)
+        return self._keys[n // 2] if n > 1 else None
+
+    def split_off(self, key: bytes) -> KeyIndex:
+        """Move every key at or above ``key``, with its revisions, to a new index (the
+        right half of a split); O(keys moved). Not while a journal is open."""
+        assert self._journal is None, "split an index between batches, not inside one"
+        i = self._keys.bisect_left(key)
+        moved = list(self._keys.islice(i))
+        right = KeyIndex()
+        n = 0
+        revs = self._revs
+        for k in moved:
+            v = revs.pop(k)
+            right._revs[k] = v
+            n += 1 if type(v) is int else len(v)  # type: ignore[arg-type]
+        del self._keys[i:]
+        right._keys = SortedList(moved)
+        right._revisions = n
+        self._revisions -= n
+        return right
+
     def all_revisions(self, key: bytes) -> list[int]:
         v = self._revs.get(key)
         if v is None:

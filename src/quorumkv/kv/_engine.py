@@ -1,0 +1,331 @@
+"""``Engine``: one LMDB environment per node, holding the state of every group it hosts.
+
+Theory of operation
+-------------------
+A node of a sharded cluster hosts many Raft groups. They share ONE environment, so a
+node never opens an environment per group, and a split copies no data: every range's
+records live in one ``rev`` database keyed by revision, and a range is its bounds, its
+own in-memory ``KeyIndex`` (``_index``) and a few metadata values. Splitting a range
+cuts its index at the split key and writes the metadata of both halves.
+
+Databases (format 3):
+
+``rev``
+    records by revision, as ``_exec`` describes. In a sharded cluster revisions come
+    stamped from the meta range's allocator and are unique cluster-wide, so the records
+    of different ranges never collide (their revisions interleave, so a stamped range
+    puts its records in place rather than appending them).
+``meta``
+    ``b"format"``, and per group ``b"r" + u64 id + name``: ``kind`` (``kv`` or
+    ``state``), ``applied``; for a range of keys ``revision``, ``compacted``, ``start``,
+    ``end`` (empty: the end of the keyspace), ``stamped`` and ``desc`` (an opaque
+    descriptor the server owns); for a group that is not a range of keys (the meta
+    range) its whole state as one ``state`` blob.
+``sessions``
+    ``u64 range id + u64 client id`` -> 8 bytes of sequence number, then the encoded
+    result (exactly-once per range; a split copies its parent's sessions).
+
+Opening rebuilds every range's index in ONE pass over ``rev``: each record goes to the
+range whose bounds hold its key; a record no range holds (which no operation leaves)
+is deleted, with a warning. A format 1 or 2 store (one state machine, no ranges)
+becomes range 1 with the whole keyspace, unstamped, in place.
+
+``RangeStore`` (``_range``) is one range's view: its reads, its applies, its split and
+snapshots. This module owns the environment, the per-group metadata layout, opening and
+upgrading, and installing or dropping a range whole. It must never decide what a command
+means (``_range`` and ``_exec`` do) and never let two ranges' records, sessions or
+metadata mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from bisect import bisect_right
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from quorumkv.kv._codec import unpack
+from quorumkv.kv._errors import KVError
+from quorumkv.kv._exec import Dbs
+from quorumkv.kv._index import KeyIndex, rev_from_key
+from quorumkv.kv._range import RangeStore, install_range
+
+log = logging.getLogger("quorumkv.kv")
+
+DEFAULT_MAP_SIZE = 64 << 30
+"""Address space reserved for the engine (64 GiB). Only pages in use take disk or RAM."""
+
+_U64 = struct.Struct(">Q")
+FORMAT = 3
+"""1 kept the key index in LMDB; 2 kept it in memory, one state machine per
+environment; 3 holds many groups, their metadata and sessions under their ids."""
+_DB_NAMES = ("rev", "meta", "sessions")
+_FORMAT_KEY = b"format"
+KIND_KV, KIND_STATE = b"kv", b"state"
+
+
+def meta_key(group: int, name: bytes) -> bytes:
+    return b"r" + _U64.pack(group) + name
+
+
+def session_prefix(group: int) -> bytes:
+    return _U64.pack(group)
+
+
+def u64(data: Any) -> int:
+    assert data is not None and len(data) == 8, f"bad meta value {data!r}"
+    return int(_U64.unpack(bytes(data))[0])
+
+
+def _upgrade_from_1(env: Any, txn: Any, dbs: Dbs) -> None:
+    """Format 1 -> 2: drop the index database, rewrite every session record."""
+    txn.drop(env.open_db(b"index", txn=txn, dupsort=True), delete=True)
+    sessions = [(bytes(k), unpack(v)) for k, v in txn.cursor(db=dbs.sessions).iternext()]
+    for k, (seq, result) in sessions:
+        txn.put(k, _U64.pack(seq) + result, db=dbs.sessions)
+
+
+def _upgrade_from_2(txn: Any, dbs: Dbs) -> None:
+    """Format 2 -> 3: the one state machine becomes range 1, the whole keyspace."""
+    meta = dbs.meta
+    values = {}
+    for name in (b"applied", b"revision", b"compacted"):
+        values[name] = txn.get(name, db=meta) or _U64.pack(0 if name != b"revision" else 1)
+        txn.delete(name, db=meta)
+    for name, v in values.items():
+        txn.put(meta_key(1, name), v, db=meta)
+    txn.put(meta_key(1, b"kind"), KIND_KV, db=meta)
+    txn.put(meta_key(1, b"start"), b"", db=meta)
+    txn.put(meta_key(1, b"end"), b"", db=meta)
+    txn.put(meta_key(1, b"stamped"), b"\x00", db=meta)
+    txn.put(meta_key(1, b"desc"), b"", db=meta)
+    old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs.sessions).iternext()]
+    for k, _ in old:
+        txn.delete(k, db=dbs.sessions)
+    prefix = session_prefix(1)
+    for k, v in old:
+        txn.put(prefix + k, v, db=dbs.sessions)
+
+
+def _read_groups(txn: Any, meta: Any) -> dict[int, dict[bytes, bytes]]:
+    groups: dict[int, dict[bytes, bytes]] = {}
+    cur = txn.cursor(db=meta)
+    ok = cur.set_range(b"r")
+    while ok:
+        k = bytes(cur.key())
+        if not k.startswith(b"r") or len(k) < 9:
+            break
+        groups.setdefault(u64(k[1:9]), {})[k[9:]] = bytes(cur.value())
+        ok = cur.next()
+    return groups
+
+
+class Engine:
+    """The node's one LMDB environment at ``path`` (a directory, created if missing).
+
+    Not thread-safe: one thread applies and reads; snapshot chunks may be consumed on
+    any thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
+        metasync: bool = True,
+    ) -> None:
+        """``sync=False`` (LMDB's NOSYNC) can corrupt the store on a power loss;
+        ``metasync=False`` only risks losing the last transaction, which a log replay
+        restores: the right choice under a WAL."""
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env: Any = lmdb.open(
+            str(self.path), map_size=map_size, max_dbs=len(_DB_NAMES) + 1, sync=sync,
+            metasync=metasync, readahead=False, meminit=False,
+        )  # fmt: skip
+        self._ranges: dict[int, RangeStore] = {}
+        self._states: dict[int, tuple[int, bytes]] = {}
+        with self.env.begin(write=True) as txn:
+            self.dbs = Dbs(*(self.env.open_db(n.encode(), txn=txn) for n in _DB_NAMES))
+            fmt = txn.get(_FORMAT_KEY, db=self.dbs.meta)
+            if fmt is None:
+                # Fresh, or format 0 (a store of the first layout had no format key but
+                # an applied index): both are treated by what they hold.
+                if txn.get(b"applied", db=self.dbs.meta) is not None:
+                    _upgrade_from_2(txn, self.dbs)
+            elif u64(fmt) == 1:
+                _upgrade_from_1(self.env, txn, self.dbs)
+                _upgrade_from_2(txn, self.dbs)
+            elif u64(fmt) == 2:
+                _upgrade_from_2(txn, self.dbs)
+            elif u64(fmt) != FORMAT:
+                raise KVError(f"{self.path}: unknown store format {u64(fmt)}")
+            txn.put(_FORMAT_KEY, _U64.pack(FORMAT), db=self.dbs.meta)
+            self._open_groups(txn)
+
+    def _open_groups(self, txn: Any) -> None:
+        kv: list[tuple[bytes, int, dict[bytes, bytes]]] = []
+        for gid, values in sorted(_read_groups(txn, self.dbs.meta).items()):
+            kind = values.get(b"kind")
+            if kind == KIND_STATE:
+                self._states[gid] = (u64(values[b"applied"]), values.get(b"state", b""))
+            elif kind == KIND_KV:
+                kv.append((values[b"start"], gid, values))
+            else:
+                raise KVError(f"{self.path}: group {gid} has unknown kind {kind!r}")
+        kv.sort()
+        starts = [s for s, _, _ in kv]
+        ends = [v[b"end"] for _, _, v in kv]
+        pairs: list[list[tuple[bytes, int]]] = [[] for _ in kv]
+        orphans: list[bytes] = []
+        for k, v in txn.cursor(db=self.dbs.rev).iternext():
+            doc = unpack(v)
+            key = doc[0]
+            i = bisect_right(starts, key) - 1
+            if i < 0 or (ends[i] and key >= ends[i]):
+                orphans.append(bytes(k))
+                continue
+            pairs[i].append((key, rev_from_key(bytes(k), bool(doc[6]))))
+        if orphans:
+            log.warning("%s: %d records belong to no range; deleted", self.path, len(orphans))
+            for k in orphans:
+                txn.delete(k, db=self.dbs.rev)
+        for (start, gid, values), recs in zip(kv, pairs, strict=True):
+            self._ranges[gid] = RangeStore(
+                self,
+                gid,
+                start,
+                values[b"end"],
+                desc=values.get(b"desc", b""),
+                stamped=values.get(b"stamped", b"\x00") == b"\x01",
+                applied=u64(values[b"applied"]),
+                revision=u64(values[b"revision"]),
+                compacted=u64(values[b"compacted"]),
+                index=KeyIndex.rebuild(recs),
+            )
+
+    # -- groups ----------------------------------------------------------------------
+
+    def ranges(self) -> list[int]:
+        """The ids of the ranges of keys held, in id order."""
+        return sorted(self._ranges)
+
+    def range(self, range_id: int) -> RangeStore:
+        return self._ranges[range_id]
+
+    def _check_bounds(self, range_id: int, start: bytes, end: bytes, stamped: bool) -> None:
+        if range_id in self._ranges or range_id in self._states:
+            raise KVError(f"{self.path}: group {range_id} exists already")
+        if end and end <= start:
+            raise KVError(f"range {range_id}: start {start!r} is not below end {end!r}")
+        for other in self._ranges.values():
+            if (not other.end or start < other.end) and (not end or other.start < end):
+                raise KVError(
+                    f"range {range_id} [{start!r}, {end!r}) overlaps range {other.range_id}"
+                )
+            if not (stamped and other.stamped):
+                raise KVError(
+                    "an engine holds several ranges of keys only if all of them are stamped "
+                    "(their revisions come from one allocator, so their records never collide)"
+                )
+
+    def create_range(
+        self,
+        range_id: int,
+        start: bytes,
+        end: bytes,
+        *,
+        applied: int = 0,
+        revision: int = 1,
+        compacted: int = 0,
+        desc: bytes = b"",
+        stamped: bool = False,
+    ) -> RangeStore:
+        """A new, empty range of keys ``[start, end)`` (``end`` empty: to the end)."""
+        self._check_bounds(range_id, start, end, stamped)
+        rs = RangeStore(
+            self, range_id, start, end, desc=desc, stamped=stamped, applied=applied,
+            revision=revision, compacted=compacted, index=KeyIndex(),
+        )  # fmt: skip
+        with self.env.begin(write=True) as txn:
+            rs.write_meta(txn)
+        self._ranges[range_id] = rs
+        return rs
+
+    def adopt(self, rs: RangeStore) -> None:
+        """Register a range made by ``RangeStore.split`` (its metadata is committed)."""
+        assert rs.range_id not in self._ranges
+        self._ranges[rs.range_id] = rs
+
+    def drop_range(self, range_id: int) -> None:
+        """Delete a range's records, sessions and metadata, in one transaction."""
+        rs = self._ranges[range_id]
+        with self.env.begin(write=True) as txn:
+            rs.delete_all(txn)
+        del self._ranges[range_id]
+
+    def restore_range(self, range_id: int, chunks: Iterable[bytes]) -> RangeStore:
+        """Install a ``RangeStore.snapshot`` as range ``range_id``, atomically: one
+        transaction replaces the range's records, sessions and metadata, and commits
+        only if the whole stream verifies; then the range's index is swapped. The
+        ``RangeStore`` object of an existing range is updated in place (holders of it
+        stay valid). Runs on the caller's thread: a big snapshot holds the engine's one
+        writer for its duration. Raises ``SnapshotError``; then nothing changed."""
+        old = self._ranges.get(range_id)
+        if old is None and range_id in self._states:
+            raise KVError(f"group {range_id} is not a range of keys")
+        others = [r for r in self._ranges.values() if r.range_id != range_id]
+        with self.env.begin(write=True) as txn:
+            new = install_range(self, txn, range_id, old, chunks, others)
+        if old is None:
+            self._ranges[range_id] = new
+            return new
+        old.replace_with(new)
+        return old
+
+    def put_state(self, group: int, applied: int, blob: bytes) -> None:
+        """Store a group's whole state (one that is not a range of keys: the meta
+        range) with its applied index, in one transaction."""
+        if group in self._ranges:
+            raise KVError(f"group {group} is a range of keys")
+        meta = self.dbs.meta
+        with self.env.begin(write=True) as txn:
+            txn.put(meta_key(group, b"kind"), KIND_STATE, db=meta)
+            txn.put(meta_key(group, b"applied"), _U64.pack(applied), db=meta)
+            txn.put(meta_key(group, b"state"), blob, db=meta)
+        self._states[group] = (applied, blob)
+
+    def get_state(self, group: int) -> tuple[int, bytes] | None:
+        return self._states.get(group)
+
+    # -- the environment ---------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Records, metadata values and sessions of every group, and the bytes of the
+        LMDB file in use."""
+        with self.env.begin() as txn:
+            out = {n: int(txn.stat(getattr(self.dbs, n))["entries"]) for n in _DB_NAMES}
+        info, stat = self.env.info(), self.env.stat()
+        out["used_bytes"] = int((info["last_pgno"] + 1) * stat["psize"])
+        out["map_size"] = int(info["map_size"])
+        return out
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (a store opened with
+        ``metasync=False`` calls this before the log under it is dropped)."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
