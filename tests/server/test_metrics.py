@@ -188,6 +188,8 @@ def test_gauge_names_are_documented() -> None:
         "pending_proposals",
         "members",
         "db_bytes",
+        "ranges",
+        "ranges_led",
     }
 
 

@@ -83,7 +83,7 @@ def test_a_second_snapshot_stream_is_refused_while_one_installs(tmp_path: Path) 
         assert b.out == [(False, "busy installing another snapshot; retry later")]
         await _until("the first install", lambda: bool(a.out))
         assert a.out == [(True, "")]
-        assert node.replicas[GROUP].kv.applied_index() == 50
+        assert node.replicas[GROUP].sm.applied_index() == 50
         await node.stop()
 
     asyncio.run(body())
@@ -101,7 +101,7 @@ def test_a_membership_change_replaced_by_another_leader_is_not_reported_done(
         node.peer_messages(2, [_msg(MessageType.VOTE_RESP, 2)], 0)
         await _until("leadership", lambda: r.log.last_index() == 2)
         node.peer_messages(2, [_msg(MessageType.APP_RESP, 2, index=Index(2))], 0)
-        await _until("the no-op applied", lambda: replica.kv.applied_index() == 2)
+        await _until("the no-op applied", lambda: replica.sm.applied_index() == 2)
         conn = _Conn()
         task = asyncio.ensure_future(node._admin(conn, 7, OP_MEMBER_REMOVE, 3))  # type: ignore[arg-type]
         await _until("the change proposed", lambda: r.log.last_index() == 3)

@@ -1,7 +1,8 @@
 """The node as a store of replicas: input is routed by group, and one drive round takes
 every group's Ready through one fsync and one frame per peer. Driven on an in-process
 ``Node`` that is never started (no tick; its peers never answer, their messages are
-handed in directly); the second group is added by hand, as later steps will."""
+handed in directly); the second group is added by hand, with a meta range's machine
+(an empty directory: its entries here are only no-ops)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from quorumkv.consensus import (
 from quorumkv.net import pack
 from quorumkv.server._codec import encode_message
 from quorumkv.server._config import ServerConfig
+from quorumkv.server._machines import MetaMachine
 from quorumkv.server._node import GROUP, Node
 from quorumkv.server._replica import Replica
+from quorumkv.shard import Directory
 from quorumkv.storage import SyncStats
 
 PEERS = {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"}
@@ -91,7 +94,8 @@ def test_one_round_takes_every_group_through_one_fsync_and_one_frame_per_peer(
     async def body() -> None:
         node = _node(tmp_path)
         node.storage.bootstrap(G2, bootstrap_state(list(PEERS)))
-        node.replicas[G2] = Replica(node, G2, tmp_path / "n1" / "kv-2")
+        node.engine.put_state(int(G2), 0, MetaMachine.initial_state(Directory()))
+        node.replicas[G2] = Replica(node, G2, MetaMachine(node.engine, int(G2)))
         one, two = node.replicas[GROUP], node.replicas[G2]
         node.sync_links()
         assert sorted(node.links) == [2, 3]
@@ -141,7 +145,7 @@ def test_one_round_takes_every_group_through_one_fsync_and_one_frame_per_peer(
         # One ack each commits both no-ops; both groups apply in the same round.
         acks = [_msg(MessageType.APP_RESP, g, 2, index=Index(2)) for g in (1, 2)]
         await step(*acks)
-        assert one.kv.applied_index() == two.kv.applied_index() == 2
+        assert one.sm.applied_index() == two.sm.applied_index() == 2
         await node.stop()
 
     asyncio.run(body())

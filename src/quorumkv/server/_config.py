@@ -46,6 +46,10 @@ class ServerConfig:
     sharded: bool = False
     """Bootstrap a sharded cluster (a meta range and ranges of keys) instead of one group
     holding the whole keyspace. Decided once, when the cluster is founded."""
+    split_keys: int = 1_000_000
+    """Sharded: split a range once it holds this many keys."""
+    hot_write_ops: float = 2500.0
+    """Sharded: split a range whose write rate stays above this many per second."""
     cluster_token: str = "quorumkv"
     tick_ms: int = 50
     election_ticks: int = 10
@@ -120,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="found a sharded cluster: a meta range and ranges of keys that split (default: "
         "one Raft group holds every key)",
     )
+    p.add_argument("--split-keys", type=int, help="sharded: split ranges at this many keys (1e6)")
+    p.add_argument(
+        "--hot-write-ops",
+        type=float,
+        help="sharded: split ranges whose writes/s stay above this (2500)",
+    )
     p.add_argument("--cluster-token", help="distinguishes clusters with the same peer list")
     p.add_argument("--tick-ms", type=int, help="milliseconds per Raft tick (default 50)")
     p.add_argument("--election-ticks", type=int, help="ticks per election timeout (10)")
@@ -139,6 +149,8 @@ _KEYS = {
     "peers": ("peers", str),
     "join": ("join", bool),
     "sharded": ("sharded", bool),
+    "split_keys": ("split_keys", int),
+    "hot_write_ops": ("hot_write_ops", float),
     "cluster_token": ("cluster_token", str),
     "tick_ms": ("tick_ms", int),
     "election_ticks": ("election_ticks", int),
@@ -211,11 +223,13 @@ def parse_config(argv: list[str] | None) -> ServerConfig:
     kwargs = {name: values[key] for key, (name, _) in _KEYS.items() if key in values}
     kwargs.update(node_id=node_id, data_dir=Path(values["data_dir"]), peers=peers)
     cfg = ServerConfig(**kwargs)
-    for name in ("tick_ms", "election_ticks", "snapshot_entries", "max_pending"):
+    for name in ("tick_ms", "election_ticks", "snapshot_entries", "max_pending", "split_keys"):
         if getattr(cfg, name) <= 0:
             raise ServerError(f"--{name.replace('_', '-')} must be positive")
     if cfg.election_ticks <= cfg.heartbeat_ticks:
         raise ServerError("--election-ticks must be at least 2")
+    if cfg.hot_write_ops <= 0:
+        raise ServerError("--hot-write-ops must be positive")
     if cfg.catchup_entries < 0 or cfg.request_timeout_s <= 0:
         raise ServerError("--catchup-entries must be >= 0 and --request-timeout > 0")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -239,11 +253,13 @@ def read_identity(data_dir: Path) -> dict[str, Any] | None:
     return doc
 
 
-def write_identity(data_dir: Path, node_id: int, cluster: int) -> None:
+def write_identity(data_dir: Path, node_id: int, cluster: int, sharded: bool = False) -> None:
     """Write ``node.json`` atomically and durably."""
     path = data_dir / NODE_FILE
     tmp = path.with_suffix(".tmp")
-    doc = {"format": _FORMAT, "node_id": node_id, "cluster_id": f"{cluster:016x}"}
+    doc: dict[str, Any] = {"format": _FORMAT, "node_id": node_id, "cluster_id": f"{cluster:016x}"}
+    if sharded:
+        doc["sharded"] = True
     with open(tmp, "w") as f:
         json.dump(doc, f)
         f.flush()
@@ -269,5 +285,10 @@ def check_identity(cfg: ServerConfig, doc: dict[str, Any]) -> int:
             f"data dir {cfg.data_dir} belongs to cluster {stored:016x}, but these flags "
             f"(--peers and --cluster-token) describe cluster {cfg.cluster_id:016x}: use the "
             "flags the cluster was created with, or a fresh --data-dir"
+        )
+    if cfg.sharded and not doc.get("sharded"):
+        raise ServerError(
+            f"data dir {cfg.data_dir} holds an unsharded cluster; --sharded is decided when "
+            "a cluster is founded: drop the flag, or use a fresh --data-dir"
         )
     return stored

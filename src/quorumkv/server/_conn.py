@@ -66,6 +66,7 @@ class Host(Protocol):
     """What the connections need from the node."""
 
     node_id: int
+    sharded: bool
 
     def current_cluster(self) -> int: ...
     def learn_cluster(self, cluster: int) -> None: ...
@@ -149,7 +150,9 @@ class Inbound(asyncio.Protocol):
             else:
                 assert kind == KIND_SNAP
                 self.delegate = SnapConn(self.host, self.transport, frm)
-        self.transport.write(encode(accept(self.host.node_id, self.host.current_cluster())))
+        self.transport.write(
+            encode(accept(self.host.node_id, self.host.current_cluster(), self.host.sharded))
+        )
         if rest:
             self.delegate.data(rest)
 

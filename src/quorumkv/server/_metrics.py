@@ -17,6 +17,7 @@ attribute               exposed as                                   counts / me
 ``leader_changes``      ``quorumkv_leader_changes_total``            leader changes seen
 ``snapshots_sent``      ``quorumkv_snapshots_sent_total``            snapshots sent to peers
 ``snapshots_received``  ``quorumkv_snapshots_received_total``        snapshots installed from peers
+``splits``              ``quorumkv_splits_total``                    range splits applied here
 ``peer_bytes_in``       ``quorumkv_peer_received_bytes_total``       bytes read from peers
 ``peer_bytes_out``      ``quorumkv_peer_sent_bytes_total``           bytes written to peers
 ``client_bytes_in``     ``quorumkv_client_received_bytes_total``     bytes read from clients
@@ -71,7 +72,7 @@ log = logging.getLogger("quorumkv.server.metrics")
 PREFIX = "quorumkv_"
 """Every metric this module exports starts with it."""
 
-CLIENT_OPS = ("write", "read", "status", "member", "transfer")
+CLIENT_OPS = ("write", "read", "status", "member", "transfer", "ranges", "split", "meta")
 """Values of the ``op`` label of ``client_requests``."""
 
 CLIENT_ERROR_CODES = (
@@ -82,6 +83,7 @@ CLIENT_ERROR_CODES = (
     "shutting_down",
     "bad_request",
     "membership",
+    "wrong_range",
 )
 """Values of the ``code`` label of ``client_errors``."""
 
@@ -118,6 +120,8 @@ GAUGE_HELP: Mapping[str, str] = MappingProxyType(
         "pending_proposals": "Proposals accepted here and not yet applied.",
         "members": "Voting members in the current configuration.",
         "db_bytes": "Size of the state machine's database, in bytes.",
+        "ranges": "Ranges of keys this node holds a replica of (sharded).",
+        "ranges_led": "Ranges of keys this node leads (sharded).",
     }
 )
 """The gauges the server reports (names without ``PREFIX``) and their help texts."""
@@ -158,6 +162,7 @@ class Metrics:
         self.snapshots_received = self._counter(
             "snapshots_received", "Snapshots received from peers and installed."
         )
+        self.splits = self._counter("splits", "Range splits this node applied (sharded).")
         self.peer_bytes_in = self._counter("peer_received_bytes", "Bytes read from peers.")
         self.peer_bytes_out = self._counter("peer_sent_bytes", "Bytes written to peers.")
         self.client_bytes_in = self._counter("client_received_bytes", "Bytes read from clients.")

@@ -68,6 +68,7 @@ from quorumkv.consensus import (
     bootstrap_state,
 )
 from quorumkv.errors import ServerError
+from quorumkv.kv import Engine
 from quorumkv.net import (
     ERR_BAD_REQUEST,
     ERR_MEMBERSHIP,
@@ -76,10 +77,16 @@ from quorumkv.net import (
     ERR_TIMEOUT,
     ERR_TOO_MANY,
     ERR_UNAVAILABLE,
+    ERR_WRONG_RANGE,
     OK,
     OP_MEMBER_ADD,
     OP_MEMBER_REMOVE,
+    OP_META,
+    OP_RANGE_READ,
+    OP_RANGE_WRITE,
+    OP_RANGES,
     OP_READ,
+    OP_SPLIT,
     OP_STATUS,
     OP_TRANSFER,
     OP_WRITE,
@@ -92,9 +99,12 @@ from quorumkv.storage import NodeStorage, OSFileSystem
 from ._codec import decode_message
 from ._config import ServerConfig, check_identity, read_identity, write_identity
 from ._conn import ClientConn, Inbound, SnapConn
+from ._machines import KVMachine, Machine
 from ._metrics import Metrics
 from ._peers import PeerLink, link_hello
 from ._replica import ReadyCycle, Refused, Replica
+from ._sharding import Shards, machine_for
+from ._sharding import bootstrap as bootstrap_sharded
 
 log = logging.getLogger("quorumkv.server")
 
@@ -109,6 +119,11 @@ _OP_NAMES = {
     OP_MEMBER_ADD: "member",
     OP_MEMBER_REMOVE: "member",
     OP_TRANSFER: "transfer",
+    OP_RANGE_WRITE: "write",
+    OP_RANGE_READ: "read",
+    OP_RANGES: "ranges",
+    OP_SPLIT: "split",
+    OP_META: "meta",
 }
 _CODE_NAMES = {
     ERR_NOT_LEADER: "not_leader",
@@ -118,6 +133,7 @@ _CODE_NAMES = {
     ERR_SHUTTING_DOWN: "shutting_down",
     ERR_BAD_REQUEST: "bad_request",
     ERR_MEMBERSHIP: "membership",
+    ERR_WRONG_RANGE: "wrong_range",
 }
 
 
@@ -130,6 +146,8 @@ class Node:
         self.loop = asyncio.get_running_loop()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = NodeStorage(OSFileSystem(), str(cfg.data_dir / "raft"))
+        self.engine = Engine(cfg.data_dir / "kv", metasync=False)
+        self.sharded = False
         self.cluster = self._identity()
         self.members: dict[int, str] = {}
         self.metrics = Metrics(self._gauges)
@@ -137,8 +155,21 @@ class Node:
         self.dirty: list[ClientConn] = []
         self.clients: set[ClientConn] = set()
         self.replicas: dict[GroupId, Replica] = {}
-        # Group 1's state machine stays where a single-group node kept it.
-        self.replicas[GROUP] = Replica(self, GROUP, cfg.data_dir / "kv")
+        self.shards: Shards | None = Shards(self) if self.sharded else None
+        if self.sharded:
+            for group in self.storage.groups():
+                sm = machine_for(self.engine, group)
+                if sm is None:
+                    log.warning("node %d: group %d has Raft state but no data yet; its "
+                                "parent range creates it again", cfg.node_id, group)  # fmt: skip
+                    continue
+                self.replicas[group] = Replica(self, group, sm)
+        else:
+            if int(GROUP) not in self.engine.ranges():
+                self.engine.create_range(int(GROUP), b"", b"")  # the whole keyspace
+            self.replicas[GROUP] = Replica(
+                self, GROUP, KVMachine(self.engine, self.engine.range(1))
+            )
         for node, addr in cfg.peers.items():  # what the groups' logs taught wins
             self.members.setdefault(node, addr)
         self._spool_seq = 0
@@ -162,18 +193,25 @@ class Node:
         doc = read_identity(cfg.data_dir)
         has_state = bool(self.storage.groups())
         if doc is not None:
+            self.sharded = bool(doc.get("sharded"))
             return check_identity(cfg, doc)
         if cfg.join:
+            if cfg.sharded:
+                raise ServerError("joining a sharded cluster is not supported yet")
             if has_state:
                 raise ServerError(f"data dir {cfg.data_dir} has Raft state but no node.json")
             return 0  # learned from the first peer that contacts us
+        self.sharded = cfg.sharded
         if not has_state:
             members = dict(cfg.peers)
-            data = pack({"members": {str(k): v for k, v in members.items()}})
-            self.storage.bootstrap(GROUP, bootstrap_state(list(members), data=data))
-            log.info("node %d bootstrapped cluster %016x with %s",
-                     cfg.node_id, cfg.cluster_id, members)  # fmt: skip
-        write_identity(cfg.data_dir, cfg.node_id, cfg.cluster_id)
+            if cfg.sharded:
+                bootstrap_sharded(self.storage, self.engine, members)
+            else:
+                data = pack({"members": {str(k): v for k, v in members.items()}})
+                self.storage.bootstrap(GROUP, bootstrap_state(list(members), data=data))
+            log.info("node %d bootstrapped %scluster %016x with %s", cfg.node_id,
+                     "sharded " if cfg.sharded else "", cfg.cluster_id, members)  # fmt: skip
+        write_identity(cfg.data_dir, cfg.node_id, cfg.cluster_id, self.sharded)
         return cfg.cluster_id
 
     async def start(self) -> None:
@@ -187,6 +225,8 @@ class Node:
         self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)
         for peer in self._peer_ids():
             self.link(peer)
+        if self.shards is not None:
+            self.shards.start()
         self.schedule()
 
     def _peer_ids(self) -> list[int]:
@@ -230,10 +270,18 @@ class Node:
     def current_cluster(self) -> int:
         return self.cluster
 
+    def add_replica(self, group: GroupId, sm: Machine) -> Replica:
+        """Host a new group (a split's right half), whose Raft state the WAL holds."""
+        replica = Replica(self, group, sm)
+        self.replicas[group] = replica
+        self.sync_links()
+        self.schedule()
+        return replica
+
     def learn_cluster(self, cluster: int) -> None:
         if not self.cluster:
             self.cluster = cluster
-            write_identity(self.cfg.data_dir, self.node_id, cluster)
+            write_identity(self.cfg.data_dir, self.node_id, cluster, self.sharded)
             log.info("node %d joined cluster %016x", self.node_id, cluster)
 
     def learn_address(self, node: int, addr: str) -> None:
@@ -333,10 +381,20 @@ class Node:
         if self.stopping:
             self.reply_error(conn, req_id, ERR_SHUTTING_DOWN, f"node {self.node_id} is stopping")
             return
-        if op == OP_WRITE:
-            self.replicas[GROUP].write(conn, req_id, body)
-        elif op == OP_READ:
-            self.replicas[GROUP].read(conn, req_id, body)
+        if op in (OP_WRITE, OP_READ):
+            if self.shards is not None:
+                why = "a sharded cluster takes requests routed by range (OP_RANGE_*)"
+                self.reply_error(conn, req_id, ERR_BAD_REQUEST, why)
+            elif op == OP_WRITE:
+                self.replicas[GROUP].write(conn, req_id, body)
+            else:
+                self.replicas[GROUP].read(conn, req_id, body)
+        elif op in (OP_RANGE_WRITE, OP_RANGE_READ, OP_RANGES, OP_SPLIT, OP_META):
+            if self.shards is None:
+                self.reply_error(conn, req_id, ERR_BAD_REQUEST,
+                                 f"{name} by range: this cluster is not sharded")  # fmt: skip
+            else:
+                self.shards.request(conn, req_id, op, body)
         elif op == OP_STATUS:
             conn.reply(req_id, OK, self.status())
         else:
@@ -475,7 +533,7 @@ class Node:
     # -- inspection ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.node_id,
             "cluster_id": f"{self.cluster:016x}",
             "version": _version(),
@@ -485,7 +543,14 @@ class Node:
             "addr": self.cfg.listen,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "stopping": self.stopping,
+            "sharded": self.sharded,
         }
+        if self.shards is not None:
+            out["ranges"] = [
+                r.range_status() for g, r in sorted(self.replicas.items()) if g != GROUP
+            ]
+            out["splits"] = self.shards.splits
+        return out
 
     def health(self) -> tuple[bool, str]:
         if self.fatal is not None:
@@ -495,7 +560,12 @@ class Node:
         return self.replicas[GROUP].health()
 
     def _gauges(self) -> dict[str, float]:
-        return self.replicas[GROUP].gauges()
+        out = self.replicas[GROUP].gauges()
+        if self.shards is not None:
+            ranges = [r for g, r in self.replicas.items() if g != GROUP]
+            out["ranges"] = float(len(ranges))
+            out["ranges_led"] = float(sum(r.raw.raft.role is Role.LEADER for r in ranges))
+        return out
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -504,6 +574,8 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        if self.shards is not None:
+            self.shards.stop()
         replicas = list(self.replicas.values())
         if self.fatal is None:
             await asyncio.gather(*(r.hand_over() for r in replicas))
@@ -521,12 +593,10 @@ class Node:
             self._tick_handle.cancel()
         if self.fatal is None:
             self.storage.sync()
-            for r in replicas:
-                r.kv.sync()
+            self.engine.sync()
         self.closed = True
         self.storage.close()
-        for r in replicas:
-            r.kv.close()
+        self.engine.close()
 
 
 def _version() -> str:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import random
@@ -69,7 +70,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quorumkv.consensus import (
     NONE,
@@ -93,13 +94,13 @@ from quorumkv.consensus import (
 )
 from quorumkv.errors import KVError, ServerError
 from quorumkv.kv import (
+    ADMIN_PREFIX,
     LIMITS,
     KVLimitError,
-    MVCCStore,
     RangeRequest,
     decode_command,
     encode_result,
-    snapshot_index,
+    stamp_command,
 )
 from quorumkv.net import (
     ERR_BAD_REQUEST,
@@ -117,8 +118,12 @@ from quorumkv.storage import NodeStorage
 from ._codec import EntryCache, encode_message
 from ._config import ServerConfig
 from ._conn import ClientConn, SnapConn, read_spool
+from ._machines import KVMachine, Machine
 from ._metrics import Metrics
 from ._peers import PeerLink, send_snapshot, snap_hello
+
+if TYPE_CHECKING:
+    from ._sharding import Shards
 
 log = logging.getLogger("quorumkv.server")
 
@@ -140,6 +145,8 @@ class Store(Protocol):
     """The address of every node this node has heard of, from any group."""
     stopping: bool
     fatal: BaseException | None
+    shards: Shards | None
+    """The sharded node's range services (None on an unsharded node)."""
 
     def schedule(self) -> None:
         """Run the drive loop at the end of this loop iteration."""
@@ -212,11 +219,13 @@ class Replica:
     """One group's replica on this node. Built by its store once the WAL holds the
     group's state (or none, for a node joining the group)."""
 
-    def __init__(self, store: Store, group: GroupId, kv_path: Path) -> None:
+    def __init__(self, store: Store, group: GroupId, sm: Machine) -> None:
         self.store = store
         self.group = group
         cfg = store.cfg
-        self.kv = MVCCStore(kv_path, metasync=False)
+        self.sm = sm
+        self.stamped = sm.stamped
+        """Writes get revision stamps from the meta range before they are proposed."""
         state = self._load_state()
         rcfg = Config(
             id=NodeId(store.node_id),
@@ -228,6 +237,12 @@ class Replica:
         self._durable_vote = (state.hard_state.term, state.hard_state.vote)
         """(term, vote) of the last hard state made durable."""
         self.writes: list[tuple[bytes, ClientConn, Any]] = []
+        self.admin: list[tuple[bytes, ClientConn, Any]] = []
+        """Admin entries (a split) to propose as they are: never stamped."""
+        self.stamping = 0
+        """Writes waiting for their revision stamps."""
+        self.applied_writes = 0
+        """Entries applied with data, since the start (a sharded range's write rate)."""
         self.waiting: dict[int, _Write] = {}
         self.read_queue: list[tuple[ClientConn, Any, RangeRequest]] = []
         self.read_batches: dict[bytes, _ReadBatch] = {}
@@ -255,11 +270,11 @@ class Replica:
             if e.type is EntryType.CONF_CHANGE:
                 self._learn_conf(e.data)
         hs = st.hard_state
-        applied = self.kv.applied_index()
+        applied = self.sm.applied_index()
         floor = st.snapshot.meta.index if st.snapshot else 0
         if applied < floor and floor > 1:  # index 1 is the bootstrap: an empty store
             raise ServerError(
-                f"the state machine in {self.kv.path} is at index {applied}, behind the "
+                f"the state machine ({self.sm.describe()}) is at index {applied}, behind the "
                 f"Raft snapshot at {floor}: it was damaged or replaced; rebuild this node"
             )
         # The store may be ahead of the durable commit index (commit-only hard states
@@ -338,7 +353,7 @@ class Replica:
         if self.raw.raft.role is not Role.LEADER:
             self.not_leader(conn, req_id)
             return
-        if len(self.waiting) + len(self.writes) >= self.store.cfg.max_pending:
+        if len(self.waiting) + len(self.writes) + self.stamping >= self.store.cfg.max_pending:
             self.store.metrics.proposals_refused.inc()
             self.store.reply_error(
                 conn, req_id, ERR_TOO_MANY, f"{len(self.waiting)} writes are pending"
@@ -359,7 +374,18 @@ class Replica:
         self.writes.append((body, conn, req_id))
         self.store.schedule()
 
+    def propose_admin(self, conn: ClientConn, req_id: Any, data: bytes) -> None:
+        """Queue an admin entry (``ADMIN_PREFIX``...) the node itself proposes."""
+        if self.raw.raft.role is not Role.LEADER:
+            self.not_leader(conn, req_id)
+            return
+        self.admin.append((data, conn, req_id))
+        self.store.schedule()
+
     def read(self, conn: ClientConn, req_id: Any, body: Any) -> None:
+        if not isinstance(self.sm, KVMachine):
+            self.store.reply_error(conn, req_id, ERR_BAD_REQUEST, "this group holds no keys")
+            return
         try:
             data, serializable = body
             cmd = decode_command(data)
@@ -383,7 +409,7 @@ class Replica:
 
     def _serve(self, conn: ClientConn, req_id: Any, req: RangeRequest) -> None:
         try:
-            conn.reply(req_id, OK, encode_result(self.kv.range(req)))
+            conn.reply(req_id, OK, encode_result(self.sm.read(req)))  # type: ignore[union-attr]
         except KVError as e:
             conn.reply(req_id, OK, encode_result(e))
 
@@ -391,13 +417,51 @@ class Replica:
 
     def propose_queued(self) -> None:
         """Before a round: the queued writes and reads go to the core, one batch each."""
+        if self.admin:
+            admin, self.admin = self.admin, []
+            self._propose(admin)
         if self.writes:
-            self._propose()
+            if self.stamped:
+                self._stamp()
+            else:
+                writes, self.writes = self.writes, []
+                self._propose(writes)
         if self.read_queue:
             self._issue_reads()
 
-    def _propose(self) -> None:
+    def _stamp(self) -> None:
+        """Ask the meta range for one revision per queued write; they are proposed once
+        stamped. One batch waits for its stamps at a time: the writes arriving meanwhile
+        form the next batch."""
+        shards = self.store.shards
+        if self.stamping or shards is None:
+            return
+        if self.raw.raft.role is not Role.LEADER:
+            writes, self.writes = self.writes, []
+            for _, conn, req_id in writes:
+                self.not_leader(conn, req_id)
+            return
         writes, self.writes = self.writes, []
+        self.stamping = len(writes)
+        fut = shards.allocate_revisions(len(writes))
+        fut.add_done_callback(lambda f: self._stamped(writes, f))
+
+    def _stamped(self, writes: list[tuple[bytes, ClientConn, Any]], f: asyncio.Future[int]) -> None:
+        self.stamping = 0
+        store = self.store
+        if f.cancelled() or f.exception() is not None:
+            why = "cancelled" if f.cancelled() else str(f.exception())
+            for _, conn, req_id in writes:
+                store.reply_error(conn, req_id, ERR_UNAVAILABLE, f"no revision stamps: {why}")
+            store.flush_clients()
+        else:
+            first = f.result()
+            self._propose(
+                [(stamp_command(first + i, w[0]), w[1], w[2]) for i, w in enumerate(writes)]
+            )
+        store.schedule()
+
+    def _propose(self, writes: list[tuple[bytes, ClientConn, Any]]) -> None:
         raw = self.raw
         if raw.raft.role is not Role.LEADER:
             for _, conn, req_id in writes:
@@ -504,25 +568,42 @@ class Replica:
         link.send(encode_message(m, cache))
 
     def _apply(self, rd: Ready) -> None:
+        """Apply the committed entries in one engine transaction; an admin entry (a
+        split) is applied on its own between the entries before and after it."""
         batch: list[tuple[int, bytes]] = []
+        entries: list[Any] = []
         conf_changed = False
+        metrics = self.store.metrics
+        t0 = time.perf_counter()
         for e in rd.committed:
             if e.type is EntryType.CONF_CHANGE:
                 self._learn_conf(e.data)
                 conf_changed = True
                 batch.append((e.index, b""))
+            elif e.data[:2] == ADMIN_PREFIX and self.store.shards is not None:
+                if batch:
+                    self._apply_batch(batch, entries)
+                    batch, entries = [], []
+                result = self.store.shards.apply_admin(self, int(e.index), e.data)
+                w = self.waiting.pop(e.index, None)
+                if w is not None:
+                    if e.term != w.term:
+                        self.not_leader(w.conn, w.req_id)
+                    else:
+                        w.conn.reply(w.req_id, OK, result)
+                continue
             else:
                 batch.append((e.index, e.data))
-        metrics = self.store.metrics
-        t0 = time.perf_counter()
-        self.kv.apply(batch, encoded=True, before_commit=lambda res: self._answer(rd, res))
+            entries.append(e)
+        if batch:
+            self._apply_batch(batch, entries)
         metrics.apply_seconds.observe(time.perf_counter() - t0)
-        metrics.batch_entries.observe(len(batch))
-        metrics.applied_entries.inc(len(batch))
+        metrics.batch_entries.observe(len(rd.committed))
+        metrics.applied_entries.inc(len(rd.committed))
         if conf_changed:
             self.store.loop.call_soon(self.store.sync_links)
         if self.apply_waiters:
-            applied = self.kv.applied_index()
+            applied = self.sm.applied_index()
             terms = {int(e.index): int(e.term) for e in rd.committed}
             keep = []
             for aw in self.apply_waiters:
@@ -534,8 +615,12 @@ class Replica:
                     keep.append(aw)
             self.apply_waiters = keep
 
-    def _answer(self, rd: Ready, results: list[Any]) -> None:
-        """Answer the writers of ``rd.committed`` and send the answers now, before the
+    def _apply_batch(self, batch: list[tuple[int, bytes]], entries: list[Any]) -> None:
+        self.applied_writes += len(batch)
+        self.sm.apply(batch, before_commit=lambda res: self._answer(entries, res))
+
+    def _answer(self, entries: list[Any], results: list[Any]) -> None:
+        """Answer the writers of ``entries`` and send the answers now, before the
         store commits the batch: the entries are committed in the log (on a majority's
         disks) and their results are what any replay computes, so a crash before the
         store's commit loses nothing; the writers just stop waiting for its fdatasync.
@@ -545,7 +630,7 @@ class Replica:
             return
         waiting = self.waiting
         oldest = 0.0
-        for e, res in zip(rd.committed, results, strict=True):
+        for e, res in zip(entries, results, strict=True):
             w = waiting.pop(e.index, None)
             if w is None:
                 continue
@@ -563,7 +648,7 @@ class Replica:
         self.store.flush_clients()
 
     def _serve_reads(self) -> None:
-        applied = self.kv.applied_index()
+        applied = self.sm.applied_index()
         while self.ready_reads and self.ready_reads[0].index <= applied:
             batch = self.ready_reads.popleft()
             for conn, req_id, req in batch.reads:
@@ -599,9 +684,10 @@ class Replica:
         for w in self.waiting.values():  # proposed: they may still commit
             error(w.conn, w.req_id, ERR_TIMEOUT, f"{why}; the outcome is unknown")
         self.waiting.clear()
-        for _, conn, req_id in self.writes:  # never proposed
+        for _, conn, req_id in self.writes + self.admin:  # never proposed
             error(conn, req_id, ERR_UNAVAILABLE, why)
         self.writes.clear()
+        self.admin.clear()
         for b in [*self.read_batches.values(), *self.ready_reads]:
             for conn, req_id, _ in b.reads:
                 error(conn, req_id, ERR_UNAVAILABLE, why)
@@ -645,7 +731,7 @@ class Replica:
         if applied - self.snapshot_index < cfg.snapshot_entries + cfg.catchup_entries:
             return
         index = applied - cfg.catchup_entries
-        self.kv.sync()  # the store must hold what the dropped log held
+        self.sm.sync()  # the store must hold what the dropped log held
         data = pack({"members": {str(k): v for k, v in self.store.members.items()}})
         snap = self.raw.compact(Index(index), data)
         self.store.storage.save_snapshot(self.group, snap)
@@ -668,7 +754,7 @@ class Replica:
             if addr is not None:
                 hello = snap_hello(store.cluster, store.node_id, store.cfg.listen)
                 ok, why, sent = await send_snapshot(
-                    addr, hello, encode_message(m), self.kv.snapshot(), 5.0
+                    addr, hello, encode_message(m), self.sm.snapshot(), 5.0
                 )
                 store.metrics.peer_bytes_out.inc(sent)
         except asyncio.CancelledError:
@@ -703,20 +789,13 @@ class Replica:
         try:
             chunks = read_spool(spool)
             head = next(chunks)
-            index = snapshot_index(head)
-            if index > self.kv.applied_index():
-                # Restore beside the open store, off the loop; no Ready is handled (so
-                # nothing is applied) until the new store is swapped in.
-                path = self.kv.path
-
-                def restore() -> MVCCStore:
-                    new = MVCCStore.restore(path, [head, *chunks], sync=True)
-                    new.close()
-                    return MVCCStore(path, metasync=False)
-
-                new = await self.store.loop.run_in_executor(None, restore)
-                old, self.kv = self.kv, new
-                old.close()
+            index = self.sm.snapshot_index(head)
+            if index > self.sm.applied_index():
+                # Installed in one engine transaction, on the loop: the node's one
+                # engine has one writer, so a thread would only make the loop wait
+                # for it anyway. A big snapshot stalls this node while it installs.
+                self.sm.restore(itertools.chain((head,), chunks))
+                self.sm.sync()
             self.raw.step(m)
             self.store.metrics.snapshots_received.inc()
             log.info("node %d installed a snapshot at %d from node %d", node_id, index, frm)
@@ -735,7 +814,7 @@ class Replica:
         """Wait until the entry proposed at ``index`` in ``term`` is applied. Raises
         ``ProposalDropped`` if another leader's entry took its place (it never took
         effect) and ``TimeoutError`` when that cannot be known (outcome unknown)."""
-        if self.kv.applied_index() >= index:
+        if self.sm.applied_index() >= index:
             seen = self.raw.raft.log.term(Index(index))
             ok: bool | None = None if seen is None else int(seen) == term
         else:
@@ -885,22 +964,41 @@ class Replica:
             "leader": lead,
             "leader_addr": self.store.members.get(lead),
             "commit": int(r.log.committed),
-            "applied": self.kv.applied_index(),
+            "applied": self.sm.applied_index(),
             "last_index": int(r.log.last_index()),
             "snapshot_index": self.snapshot_index,
-            "revision": self.kv.revision(),
-            "compacted_revision": self.kv.compacted_revision(),
+            "revision": self.sm.revision(),
+            "compacted_revision": self.sm.compacted_revision(),
             "members": self.members_list(),
             "progress": progress,
-            "pending_proposals": len(self.waiting) + len(self.writes),
-            "db_bytes": _db_bytes(self.kv),
+            "pending_proposals": len(self.waiting) + len(self.writes) + self.stamping,
+            "db_bytes": self.sm.db_bytes(),
+        }
+
+    def range_status(self) -> dict[str, Any]:
+        """One line of a sharded node's ``ranges`` status: this range and its state."""
+        r = self.raw.raft
+        desc = self.sm.desc
+        return {
+            "id": int(self.group),
+            "start": _show_key(desc.start) if desc else "",
+            "end": _show_key(desc.end) if desc else "",
+            "version": desc.epoch.version if desc else 0,
+            "role": r.role.value.replace("-", "_"),
+            "leader": int(r.lead),
+            "term": int(r.term),
+            "applied": self.sm.applied_index(),
+            "revision": self.sm.revision(),
+            "keys": self.sm.keys(),
+            "voters": sorted(int(v) for v in r.trk.conf.voters),
+            "pending_proposals": len(self.waiting) + len(self.writes) + self.stamping,
         }
 
     def health(self) -> tuple[bool, str]:
         r = self.raw.raft
         if r.lead == NONE:
             return False, "no leader known"
-        lag = int(r.log.committed) - self.kv.applied_index()
+        lag = int(r.log.committed) - self.sm.applied_index()
         if lag > 1000:
             return False, f"applying: {lag} committed entries not yet applied"
         return True, f"leader {int(r.lead)}, term {int(r.term)}"
@@ -911,11 +1009,11 @@ class Replica:
             "term": float(r.term),
             "is_leader": float(r.role is Role.LEADER),
             "commit_index": float(r.log.committed),
-            "applied_index": float(self.kv.applied_index()),
+            "applied_index": float(self.sm.applied_index()),
             "last_index": float(r.log.last_index()),
             "pending_proposals": float(len(self.waiting)),
             "members": float(len(r.trk.conf.voters)),
-            "db_bytes": float(_db_bytes(self.kv)),
+            "db_bytes": float(self.sm.db_bytes()),
         }
 
     # -- shutdown --------------------------------------------------------------------
@@ -945,8 +1043,6 @@ class Replica:
             task.cancel()
 
 
-def _db_bytes(kv: MVCCStore) -> int:
-    try:
-        return int(kv.stats()["used_bytes"])
-    except Exception:
-        return 0
+def _show_key(key: bytes) -> str:
+    """A key as text for ``/status`` (JSON): UTF-8, undecodable bytes escaped."""
+    return key.decode("utf-8", "backslashreplace")
