@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,7 @@ from quorumkv.client._requests import (
     to_bytes,
 )
 from quorumkv.client._route import Router
+from quorumkv.client._shards import Shards
 from quorumkv.errors import (
     ClientError,
     CompareFailedError,
@@ -59,7 +61,15 @@ from quorumkv.kv import (
     TxnResponse,
 )
 from quorumkv.kv._codec import encode_get, encode_put, encode_request
-from quorumkv.net import OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_STATUS, OP_TRANSFER, parse_address
+from quorumkv.net import (
+    OP_MEMBER_ADD,
+    OP_MEMBER_REMOVE,
+    OP_SPLIT,
+    OP_STATUS,
+    OP_TRANSFER,
+    parse_address,
+)
+from quorumkv.shard import RangeCache, RangeDescriptor
 
 
 class AsyncClient(Router):
@@ -87,6 +97,7 @@ class AsyncClient(Router):
             connect_timeout=connect_timeout,
             attempt_timeout=attempt_timeout,
         )
+        self.shards: Shards = Shards(self)
 
     def __repr__(self) -> str:
         conn = self._conn
@@ -329,6 +340,52 @@ class AsyncClient(Router):
                 status = await self.status(timeout=max(deadline - loop.time(), 0.001))
                 leader = status.get("leader") or 0
         return int(leader)
+
+    # -- ranges (sharded clusters) -----------------------------------------------------
+
+    async def ranges(
+        self, start: Data = b"", end: Data = b"", *, timeout: float | None = None
+    ) -> list[RangeDescriptor]:
+        """The ranges over ``[start, end)`` (``end`` empty: to the end of the keyspace)
+        as the directory knows them now, in key order. Raises ``ClientError`` on an
+        unsharded cluster."""
+        await self._require_sharded(timeout)
+        s, e = to_bytes("start", start) if start else b"", to_bytes("end", end) if end else b""
+        deadline = time.monotonic() + self._budget(timeout)
+        self.shards.cache = RangeCache()
+        await self.shards.refresh(s, e, deadline)
+        return await self.shards.spans(s, e, deadline)
+
+    async def split(
+        self, key: Data, *, timeout: float | None = None
+    ) -> tuple[RangeDescriptor, RangeDescriptor]:
+        """Split the range holding ``key`` so that a new range starts at ``key`` (an
+        operator's split; the cluster also splits ranges by size and load). Returns the
+        two ranges. A split is not retried once sent: on a timeout, look at ``ranges``."""
+        await self._require_sharded(timeout)
+        k = to_bytes("key", key)
+        deadline = time.monotonic() + self._budget(timeout)
+        self.shards.cache = RangeCache()
+        desc = await self.shards.locate(k, deadline)
+        router = self.shards.router(desc)
+        body = [desc.range_id, desc.epoch.version, k]
+        answer, at = await router._call(OP_SPLIT, body, timeout, "split", idempotent=False)
+        doc = expect_dict(answer, "a split answer", at)
+        try:
+            left = RangeDescriptor.from_wire(doc["left"])
+            right = RangeDescriptor.from_wire(doc["right"])
+        except Exception as e:
+            raise ProtocolError(f"{at} sent an unreadable split answer: {e!r}") from None
+        self.shards.cache.update([left, right])
+        return left, right
+
+    async def _require_sharded(self, timeout: float | None) -> None:
+        if self.sharded is None:
+            await self._learn_mode(timeout)
+        if self.sharded is None:
+            raise UnavailableError("no node of the cluster could be reached")
+        if not self.sharded:
+            raise ClientError("this cluster is not sharded: it has one range, group 1")
 
 
 def _check_node_id(node_id: object) -> None:

@@ -118,6 +118,7 @@ class Connection(asyncio.Protocol):
         "addr",
         "cluster",
         "node",
+        "sharded",
     )
 
     def __init__(
@@ -129,6 +130,8 @@ class Connection(asyncio.Protocol):
         self.addr = addr
         self.node = 0
         self.cluster = 0
+        self.sharded = False
+        """The node said, in its handshake, that its cluster is sharded."""
         self._loop = loop
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
@@ -320,6 +323,7 @@ class Connection(asyncio.Protocol):
             node, cluster = msg.get("node"), msg.get("cluster")
             self.node = node if isinstance(node, int) else 0
             self.cluster = cluster if isinstance(cluster, int) else 0
+            self.sharded = msg.get("sharded") is True
             if not hello.done():
                 hello.set_result(None)
             return True

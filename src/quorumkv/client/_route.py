@@ -38,10 +38,11 @@ it redirects, drops a connection or fails to dial.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from quorumkv.client._conn import Connection, ConnectionLost, Expired, Unreachable, open_connection
 from quorumkv.client._lanes import Lanes
@@ -67,14 +68,18 @@ from quorumkv.errors import (
     TooManyRequestsError,
     UnavailableError,
 )
-from quorumkv.kv import RangeResponse, Result
+from quorumkv.kv import RangeRequest, RangeResponse, Result, decode_command
+from quorumkv.kv._codec import encode_request
 from quorumkv.net import (
     ERR_NOT_LEADER,
     ERR_SHUTTING_DOWN,
     ERR_TIMEOUT,
     ERR_TOO_MANY,
     ERR_UNAVAILABLE,
+    ERR_WRONG_RANGE,
     OK,
+    OP_RANGE_READ,
+    OP_RANGE_WRITE,
     OP_READ,
     OP_STATUS,
     OP_WRITE,
@@ -89,6 +94,28 @@ T = TypeVar("T")
 Encoder = Callable[..., bytes]
 """Encodes one write's command: ``encode(client, seq, *args)``, with the ``(client,
 seq)`` of the lane it goes out on."""
+
+
+if TYPE_CHECKING:
+    from quorumkv.client._shards import Shards
+
+_WRITES = (OP_WRITE, OP_RANGE_WRITE)
+_UNSHARDED = (OP_WRITE, OP_READ)
+
+
+class _Sharded(Exception):
+    """The first connection's handshake said the cluster is sharded: the request goes
+    by range instead (nothing was sent)."""
+
+
+class WrongRangeSignal(Exception):
+    """A node holds no replica of the range a request named (ERR_WRONG_RANGE): the
+    sharded layer above refreshes its range cache and routes the request again."""
+
+    def __init__(self, addr: str, body: object) -> None:
+        super().__init__(f"{addr}: wrong range")
+        self.addr = addr
+        self.body = body
 
 
 def _closed_error() -> ClientError:
@@ -135,6 +162,14 @@ class Router:
         self._conns: set[Connection] = set()
         self._dialing: asyncio.Task[Connection] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.route: tuple[int, int] | None = None
+        """Set on the router of one range of a sharded cluster: (range id, version)
+        that its writes and reads carry (``OP_RANGE_WRITE``, ``OP_RANGE_READ``)."""
+        self.sharded: bool | None = None
+        """Whether the cluster is sharded, from the first handshake (None: unknown)."""
+        self.shards: Shards | None = None
+        """The client's routing by range (``_shards``), used once ``sharded`` is True;
+        None on the per-range routers themselves."""
 
     @property
     def endpoints(self) -> list[str]:
@@ -149,6 +184,8 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self.shards is not None:
+            await self.shards.close()
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
         tasks = list(self._tasks)
@@ -172,11 +209,25 @@ class Router:
         """A write whose command ``encode(client, seq, *args)`` makes for the session
         lane it goes out on (``encode_put``, ``encode_request``); raises what ``encode``
         raises for a bad request, before any I/O."""
+        shards = self.shards
+        if shards is not None and self.sharded:
+            req = args[0] if encode is encode_request else None
+            return await shards.write(timeout, what, req, encode, *args)
         lanes = self._lanes
         lane = lanes.take()
         try:
             body = encode(lane.client, lane.seq, *args)
-            answer, addr = await self._call(OP_WRITE, body, timeout, what)
+            route = self.route
+            if route is None:
+                answer, addr = await self._call(OP_WRITE, body, timeout, what)
+            else:
+                answer, addr = await self._call(
+                    OP_RANGE_WRITE, [route[0], route[1], body], timeout, what
+                )
+        except _Sharded:
+            assert shards is not None
+            req = args[0] if encode is encode_request else None
+            return await shards.write(timeout, what, req, encode, *args)
         finally:
             lanes.give(lane)
         return decode(answer, addr), addr
@@ -186,8 +237,35 @@ class Router:
     ) -> RangeResponse:
         """A read of the range request encoded in ``command`` (``encode_get``,
         ``encode_request(0, 0, req)``)."""
-        answer, addr = await self._call(OP_READ, [command, bool(serializable)], timeout, what)
+        shards = self.shards
+        if shards is not None and self.sharded:
+            return await self._shard_read(shards, command, serializable, timeout, what)
+        route = self.route
+        if route is None:
+            body: list[Any] = [command, bool(serializable)]
+            try:
+                answer, addr = await self._call(OP_READ, body, timeout, what)
+            except _Sharded:
+                assert shards is not None
+                return await self._shard_read(shards, command, serializable, timeout, what)
+        else:
+            body = [route[0], route[1], command, bool(serializable)]
+            answer, addr = await self._call(OP_RANGE_READ, body, timeout, what)
         return expect(decode(answer, addr), RangeResponse, addr)
+
+    async def _shard_read(
+        self, shards: Shards, command: bytes, serializable: bool, timeout: float | None, what: str
+    ) -> RangeResponse:
+        req = decode_command(command).request
+        assert isinstance(req, RangeRequest)
+        return await shards.read(req, serializable, timeout, what)
+
+    async def _learn_mode(self, timeout: float | None) -> None:
+        """Connect once to learn whether the cluster is sharded; a failure leaves it
+        unknown, and the request's own path reports it."""
+        loop = self._bind()
+        with contextlib.suppress(Exception):
+            await self._connect(loop.time() + self._budget(timeout))
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -236,6 +314,8 @@ class Router:
                     await self._backoff(waits, deadline, what, failure, budget, tries, unknown)
                     waits += 1
                     continue
+            if conn.sharded and op in _UNSHARDED and self.shards is not None:
+                raise _Sharded  # learned from this first connection: route by range
             tries += 1
             if not fresh:
                 now = loop.time()
@@ -250,7 +330,7 @@ class Router:
                 self._drop(conn, str(e))
                 if e.sent and not idempotent:
                     raise RequestTimeoutError(f"{what}: {e}; the outcome is unknown") from None
-                unknown = unknown or (e.sent and op == OP_WRITE)
+                unknown = unknown or (e.sent and op in _WRITES)
                 failure = Failure(Kind.UNAVAILABLE, str(e))
                 await self._backoff(waits, deadline, what, failure, budget, tries, unknown)
                 waits += 1
@@ -261,7 +341,7 @@ class Router:
                         f"{what}: no answer from {conn.addr} within {budget:g}s "
                         f"(the outcome is unknown)"
                     ) from None
-                unknown = unknown or op == OP_WRITE
+                unknown = unknown or op in _WRITES
                 detail = f"{conn.addr} did not answer within {self._attempt_timeout:g}s"
                 failure = Failure(Kind.UNAVAILABLE, detail)
                 self._stalled[conn.addr] = loop.time() + 2 * self._attempt_timeout
@@ -290,11 +370,13 @@ class Router:
                 self._drop(conn, failure.detail)
             elif code == ERR_TOO_MANY:
                 failure = Failure(Kind.TOO_MANY, f"{conn.addr}: {message(answer)}")
+            elif code == ERR_WRONG_RANGE:
+                raise WrongRangeSignal(conn.addr, answer)
             elif code == ERR_TIMEOUT:
                 detail = f"{conn.addr}: {message(answer)}"
                 if not idempotent:
                     raise RequestTimeoutError(f"{what}: {detail} (the outcome is unknown)")
-                unknown = unknown or op == OP_WRITE
+                unknown = unknown or op in _WRITES
                 failure = Failure(Kind.TIMEOUT, detail)
             else:
                 raise terminal_error(code, answer, conn.addr)
@@ -364,6 +446,7 @@ class Router:
                     f"other nodes are of cluster {self._cluster:016x}: check the endpoints"
                 )
             self._cluster = self._cluster or conn.cluster
+            self.sharded = conn.sharded
             self._conns.add(conn)
             self._conn = conn
             return conn

@@ -49,6 +49,7 @@ from quorumkv.kv import (
     SortTarget,
     TxnResponse,
 )
+from quorumkv.shard import RangeDescriptor
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -283,6 +284,18 @@ class Client:
     def transfer_leader(self, to: int = 0, *, timeout: float | None = None) -> int:
         """Make node ``to`` (0: the most caught-up voter) the leader; returns its id."""
         return self._run(self._aio.transfer_leader, to, timeout=timeout)
+
+    def ranges(
+        self, start: Data = b"", end: Data = b"", *, timeout: float | None = None
+    ) -> list[RangeDescriptor]:
+        """``AsyncClient.ranges``: the ranges of a sharded cluster, in key order."""
+        return self._run(self._aio.ranges, start, end, timeout=timeout)
+
+    def split(
+        self, key: Data, *, timeout: float | None = None
+    ) -> tuple[RangeDescriptor, RangeDescriptor]:
+        """``AsyncClient.split``: split the range holding ``key`` at ``key``."""
+        return self._run(self._aio.split, key, timeout=timeout)
 
 
 async def _endpoints(aio: AsyncClient) -> list[str]:

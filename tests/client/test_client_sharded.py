@@ -1,0 +1,103 @@
+"""The client on a real sharded cluster: routing by range, splits under it, scans, deletes
+and compactions across ranges, transactions refused across ranges, automatic splits."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from quorumkv.errors import ClientError, CompactedError, CrossRangeError
+from quorumkv.kv import ALL_KEYS, PutRequest, SortOrder, SortTarget
+
+
+def _key(i: int) -> bytes:
+    return b"k%04d" % i
+
+
+@pytest.fixture
+def sharded(make_cluster: Any) -> Any:
+    cluster = make_cluster(3, extra_args=["--sharded"], tick_ms=20)
+    with cluster.client(timeout=30) as cl:
+        yield cluster, cl
+
+
+def test_the_client_routes_through_splits_and_across_ranges(sharded: Any) -> None:
+    cluster, cl = sharded
+    for i in range(0, 200, 2):
+        cl.put(_key(i), b"v%d" % i)
+    (only,) = cl.ranges()
+    assert (only.start, only.end) == (b"", b"")
+    left, right = cl.split(_key(50))
+    assert (left.end, right.start) == (_key(50), _key(50))
+    cl.split(_key(120))
+    # A client that cached the old layout is refused by the ranges and catches up.
+    with cluster.client(timeout=30) as other:
+        assert other.get(_key(10)) is not None
+        cl.split(_key(10))
+        for i in range(1, 200, 2):
+            other.put(_key(i), b"v%d" % i)
+        assert other.get(_key(199)).value == b"v199"  # type: ignore[union-attr]
+    assert [(d.start, d.end) for d in cl.ranges()] == [
+        (b"", _key(10)),
+        (_key(10), _key(50)),
+        (_key(50), _key(120)),
+        (_key(120), b""),
+    ]
+    # A scan across the four ranges: ordered, complete, limit and count honoured.
+    everything = cl.range(b"k", prefix=True)
+    assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(200)]
+    assert everything.count == 200 and not everything.more
+    page = cl.range(_key(5), _key(130), limit=60)
+    assert [kv.key for kv in page.kvs] == [_key(i) for i in range(5, 65)]
+    assert page.more and page.count == 125
+    counted = cl.range(b"k", prefix=True, count_only=True)
+    assert counted.count == 200 and counted.kvs == ()
+    newest = cl.range(b"k", prefix=True, limit=3, sort_order=SortOrder.DESCEND,
+                      sort_target=SortTarget.MOD)  # fmt: skip
+    assert [kv.key for kv in newest.kvs] == [_key(199), _key(197), _key(195)]
+    # Revisions are one sequence: the last write is the newest everywhere.
+    assert newest.kvs[0].mod_revision == max(kv.mod_revision for kv in everything.kvs)
+    # A transaction inside one range is atomic; across ranges it is refused unsent.
+    cl.txn([], [PutRequest(_key(11), b"t"), PutRequest(_key(12), b"t")])
+    assert cl.get(_key(12)).value == b"t"  # type: ignore[union-attr]
+    with pytest.raises(CrossRangeError, match="spans 2 ranges"):
+        cl.txn([], [PutRequest(_key(1), b"x"), PutRequest(_key(100), b"x")])
+    assert cl.get(_key(1)).value == b"v1"  # type: ignore[union-attr]
+    # A delete across ranges runs range by range.
+    gone = cl.delete(_key(40), _key(60))
+    assert gone.deleted == 20
+    assert cl.range(b"k", prefix=True, count_only=True).count == 180
+    assert cl.range(_key(0), ALL_KEYS, count_only=True).count == 180
+    # A compaction reaches every range.
+    rev = cl.put(_key(0), b"last").revision
+    cl.compact(rev)
+    with pytest.raises(CompactedError):
+        cl.get(_key(150), revision=rev - 50)
+    # Every node holds every range; leaders spread over the nodes in time.
+    st = cl.status()
+    assert st["sharded"] is True and len(st["ranges"]) == 4
+
+
+def test_a_range_splits_by_itself_past_its_key_threshold(make_cluster: Any) -> None:
+    cluster = make_cluster(3, extra_args=["--sharded", "--split-keys", "300"], tick_ms=20)
+    with cluster.client(timeout=30) as cl:
+        for i in range(1000):
+            cl.put(_key(i), b"v")
+        deadline = time.monotonic() + 60
+        while len(cl.ranges()) < 3:
+            assert time.monotonic() < deadline, f"no automatic split: {cl.ranges()}"
+            time.sleep(0.2)
+        descs = cl.ranges()
+        assert descs[0].start == b"" and descs[-1].end == b""
+        assert all(a.end == b.start for a, b in itertools.pairwise(descs))
+        everything = cl.range(b"k", prefix=True, keys_only=True)
+        assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(1000)]
+
+
+def test_an_unsharded_cluster_has_no_ranges_to_show(make_cluster: Any) -> None:
+    cluster = make_cluster(1)
+    with cluster.client(timeout=10) as cl, pytest.raises(ClientError, match="not sharded"):
+        cl.ranges()
