@@ -1,7 +1,7 @@
 """The seed request's example, its Raft half, run for real (three node processes).
 
-The seed wrote ``import raft``; here that is ``from quorumkv import raft``. Its sharding
-half (``sharding.Cluster``) comes with the sharding work and is not built yet.
+The seed wrote ``import raft``; here that is ``from quorumkv import raft``. The whole
+example, with its sharding half, is ``seed_sharding.py``.
 
     python examples/seed_raft.py
 """

@@ -11,9 +11,9 @@
     cluster.stop()
 
 ``Cluster(nodes=3)`` is not a simulation: ``start()`` launches three real quorumkv node
-processes on loopback (``python -m quorumkv.server``, on free ports, data in a temporary
-directory unless ``data_dir`` is given), waits until they have elected a leader, and
-connects a client to all three. ``update_data`` returns once a majority of the nodes
+processes on loopback (``python -m quorumkv.server --sharded``, on free ports, data in
+a temporary directory unless ``data_dir`` is given), waits until they have elected
+leaders, and connects a client to all three. ``update_data`` returns once a majority of the nodes
 hold the write on disk (fsync); ``get_data`` is a linearizable read (it sees every write
 acknowledged before it began, whichever node answers). Kill one of the three processes
 (``cluster.local.kill(id)``) and both keep working. ``stop()`` stops every process it
@@ -22,14 +22,26 @@ started. It is also a context manager: ``with raft.Cluster() as cluster: ...``.
 Values are stored as JSON (UTF-8), so the same records are readable with ``qkv get``.
 This module is a thin facade over ``quorumkv.local.LocalCluster`` and ``quorumkv.Client``;
 it must never hold data itself or talk to the nodes any other way. ``quorumkv.consensus``
-is the Raft algorithm; this module only carries the seed's name for it. (The seed's
-``sharding.Cluster`` is not built yet.)
+is the Raft algorithm; this module only carries the seed's name for it.
+
+One deployment, two views. The seed writes through ``raft.Cluster`` and reads through
+``sharding.Cluster``, and expects the record back: they are two views of ONE
+deployment. A quorumkv deployment of this kind is built from Raft groups (a meta range,
+and ranges of keys that split as they grow); ``raft.Cluster`` addresses it as one
+replicated store, ``sharding.Cluster`` also shows and splits its ranges. In one process,
+views created without a ``data_dir`` and with the same number of nodes share one set of
+node processes: the first ``start()`` launches them, later views attach, and the last
+``stop()`` stops them. A view given a ``data_dir`` has that deployment to itself. (An
+unsharded cluster, one Raft group holding every key as etcd does, is ``qkv up`` or
+``quorumkv.local.LocalCluster``; the benchmarks run that one.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -60,9 +72,21 @@ def decode_value(key: str | bytes, data: bytes) -> Any:
         raise ValueError(f"the value of key {key!r} is not UTF-8 JSON: {e}") from e
 
 
+@dataclass
+class _Shared:
+    local: LocalCluster
+    views: int = 0
+    started: bool = False
+
+
+_SHARED: dict[int, _Shared] = {}
+"""The deployments of views without a ``data_dir``, by number of nodes."""
+_SHARED_LOCK = threading.Lock()
+
+
 class Cluster:
-    """A real Raft cluster of ``nodes`` node processes on this machine, holding JSON
-    values by key. See the module docstring."""
+    """A real cluster of ``nodes`` node processes on this machine, holding JSON values
+    by key, addressed as one replicated store. See the module docstring."""
 
     def __init__(
         self,
@@ -71,10 +95,20 @@ class Cluster:
         *,
         timeout: float = 10.0,
     ) -> None:
-        self.local = LocalCluster(nodes, data_dir)
+        self._shared: _Shared | None = None
+        if data_dir is None:
+            with _SHARED_LOCK:
+                shared = _SHARED.get(nodes)
+                if shared is None:
+                    shared = _SHARED[nodes] = _Shared(LocalCluster(nodes, sharded=True))
+                self._shared = shared
+            self.local = shared.local
+        else:
+            self.local = LocalCluster(nodes, data_dir, sharded=True)
         """The node processes: kill, pause, restart them to see fault tolerance."""
         self._timeout = timeout
         self._client: Client | None = None
+        self._joined = False
 
     @property
     def endpoints(self) -> list[str]:
@@ -82,12 +116,24 @@ class Cluster:
         return self.local.endpoints
 
     def start(self, timeout: float = 30.0) -> None:
-        """Launch the node processes, wait for a leader, connect a client."""
-        self.local.start(timeout)
+        """Launch the node processes (or attach to those another view of this process
+        launched), wait for leaders, connect a client."""
+        shared = self._shared
+        if self._joined:
+            return
+        if shared is None:
+            self.local.start(timeout)
+        else:
+            with _SHARED_LOCK:
+                if not shared.started:
+                    self.local.start(timeout)
+                    shared.started = True
+                shared.views += 1
+        self._joined = True
         try:
             self._client = self.local.client(timeout=self._timeout)
         except BaseException:
-            self.local.stop()
+            self.stop()
             raise
 
     def update_data(self, key: str | bytes, value: Any) -> None:
@@ -105,13 +151,30 @@ class Cluster:
         return self._connected().delete(key).deleted > 0
 
     def stop(self) -> None:
-        """Close the client and stop every node process. Safe to call twice."""
+        """Close this view's client; stop the node processes unless another view of
+        this process still uses them. Safe to call twice."""
         client, self._client = self._client, None
         try:
             if client is not None:
                 client.close()
         finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        joined, self._joined = self._joined, False
+        shared = self._shared
+        if shared is None:
             self.local.stop()
+            return
+        with _SHARED_LOCK:
+            if joined:
+                shared.views -= 1
+            if shared.views > 0:
+                return
+            for n, entry in list(_SHARED.items()):
+                if entry is shared:
+                    del _SHARED[n]
+        self.local.stop()
 
     def __enter__(self) -> Cluster:
         if self._client is None:

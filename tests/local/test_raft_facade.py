@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from quorumkv import raft
+from quorumkv import raft, sharding
 
 SEED_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed_raft.py"
+SEED_WHOLE = SEED_EXAMPLE.with_name("seed_sharding.py")
 
 
 def test_the_seed_example_runs_and_prints_the_record() -> None:
@@ -24,6 +25,50 @@ def test_the_seed_example_runs_and_prints_the_record() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "{'name': 'Alice', 'age': 30}\n"
+
+
+def test_the_seeds_whole_example_writes_through_raft_and_reads_through_sharding() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SEED_WHOLE)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "{'name': 'Alice', 'age': 30}\n"
+
+
+def test_views_share_one_deployment_until_the_last_stops(tmp_path: Path) -> None:
+    a = raft.Cluster(nodes=1)
+    b = sharding.Cluster(nodes=1)
+    alone = sharding.Cluster(nodes=1, data_dir=tmp_path / "alone")
+    try:
+        a.start()
+        b.start()
+        alone.start()
+        assert a.local is b.local and a.endpoints == b.endpoints != alone.endpoints
+        a.update_data("user:2", {"n": 2})
+        assert b.get_data("user:2") == {"n": 2}
+        assert alone.get_data("user:2") is None
+        left, right = b.split("user:2")
+        assert (left.end, right.start) == (b"user:2", b"user:2")
+        assert [(d.start, d.end) for d in b.ranges()] == [(b"", b"user:2"), (b"user:2", b"")]
+        assert a.get_data("user:2") == {"n": 2}  # the raft view routes through the split
+        a.stop()
+        assert b.get_data("user:2") == {"n": 2}  # b still holds the processes up
+        procs = list(b.local.nodes.values())
+    finally:
+        a.stop()
+        b.stop()
+        alone.stop()
+    assert procs and not any(p.alive for p in procs)
+    c = raft.Cluster(nodes=1)  # a new view after the last stop starts afresh
+    try:
+        c.start()
+        assert c.get_data("user:2") is None
+    finally:
+        c.stop()
 
 
 def test_values_are_compact_utf8_json() -> None:

@@ -84,6 +84,7 @@ class LocalCluster:
         tick_ms: int = 50,
         election_ticks: int = 10,
         snapshot_entries: int | None = None,
+        sharded: bool = False,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         stop_timeout: float = 10.0,
@@ -100,6 +101,8 @@ class LocalCluster:
         self._tick_ms = tick_ms
         self._election_ticks = election_ticks
         self._snapshot_entries = snapshot_entries
+        self.sharded = sharded
+        """Found a sharded cluster (``qkv server --sharded``): a meta range and ranges."""
         self._extra_args = tuple(extra_args)
         self._env = dict(env or {})
         self.stop_timeout = stop_timeout
@@ -422,6 +425,8 @@ class LocalCluster:
             argv += ["--snapshot-entries", str(self._snapshot_entries)]
         if proc.spec.join:
             argv.append("--join")
+        if self.sharded:
+            argv.append("--sharded")
         return argv + list(self._extra_args)
 
     def _child_env(self) -> dict[str, str]:
