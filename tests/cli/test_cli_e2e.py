@@ -147,3 +147,31 @@ def test_qkv_up_runs_until_sigterm_and_comes_back_with_its_data(
     stop_up(spawned[1], tmp_path / "up2.log")
     assert sorted(os.listdir(data)) == [".lock", "cluster.json", "node-1", "node-1.log",
                                         "node-2", "node-2.log", "node-3", "node-3.log"]  # fmt: skip
+
+
+def test_ranges_split_and_status_on_a_sharded_cluster() -> None:
+    c = LocalCluster(3, sharded=True)
+    try:
+        c.start()
+        eps = ",".join(c.endpoints)
+        for key in ("apple", "kiwi", "pear"):
+            assert qkv("put", key, "1", "--endpoints", eps).returncode == 0
+        split = qkv("split", "kiwi", "--endpoints", eps)
+        assert split.returncode == 0, split.stderr
+        head, left, right = split.stdout.splitlines()
+        assert head.split()[:5] == ["RANGE", "START", "END", "VERSION", "REPLICAS"]
+        assert left.split()[1:4] == ["(start)", "kiwi", "2"]
+        assert right.split()[1:4] == ["kiwi", "(end)", "2"]
+        again = qkv("split", "kiwi", "--endpoints", eps)
+        assert again.returncode == 1 and "cannot split" in again.stderr
+        ranges = qkv("ranges", "--endpoints", eps)
+        assert ranges.returncode == 0, ranges.stderr
+        rows = [r.split() for r in ranges.stdout.splitlines()[1:]]
+        assert [r[1:3] for r in rows] == [["(start)", "kiwi"], ["kiwi", "(end)"]]
+        status = qkv("status", "--endpoints", eps)
+        assert status.returncode == 0, status.stderr
+        assert "NODE  RANGES  LEADS" in status.stdout
+        unsharded = qkv("ranges", "--endpoints", ",".join(c.endpoints[:1]))
+        assert unsharded.returncode == 0  # still the sharded cluster: one endpoint will do
+    finally:
+        c.stop()

@@ -7,8 +7,9 @@ sim                ``_sim``: the deterministic simulator
 up, server         ``_up``: a local cluster in the foreground; one node
 put get del range  ``_kv``: key-value commands through ``quorumkv.Client``
 txn                ``_kv`` and ``_txn`` (its compact ``--if/--then/--else`` syntax)
-status member      ``_admin``: the cluster's status table, membership, leadership
-leader
+status member      ``_admin``: the cluster's status table, membership, leadership,
+leader ranges      a sharded cluster's ranges, an operator's split
+split
 torture            ``_torture``: fault injection on real processes, checked
 bench compare      ``_bench``: quorumkv beside etcd and PySyncObj (imports
                    ``quorumkv.bench`` only when it runs)

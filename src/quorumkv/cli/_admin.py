@@ -1,19 +1,32 @@
-"""``qkv status``, ``qkv member list|add|remove`` and ``qkv leader transfer``.
+"""``qkv status``, ``qkv member list|add|remove``, ``qkv leader transfer``, and, on a
+sharded cluster, ``qkv ranges`` and ``qkv split``.
 
 ``status`` asks every member for its status through the client, then each reachable
 node's own ``/health`` (the node's verdict, not one recomputed here), and prints a
-table. Thin: parse, call, print.
+table; on a sharded cluster, then how many ranges each node holds and leads.
+``ranges`` prints the directory's ranges with what their leaders report (keys,
+applied index). Thin: parse, call, print.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quorumkv.cli._common import ArgumentParser, connect
-from quorumkv.cli._render import STATUS_HEADERS, members_table, status_rows, table
+from quorumkv.cli._render import (
+    RANGES_HEADERS,
+    RANGES_PER_NODE_HEADERS,
+    STATUS_HEADERS,
+    members_table,
+    range_json,
+    range_rows,
+    ranges_per_node_rows,
+    status_rows,
+    table,
+)
 from quorumkv.local import node_health
 
 
@@ -29,6 +42,41 @@ def cmd_status(args: argparse.Namespace) -> int:
         if "error" not in s and _http_addr(s)
     }
     print(table(STATUS_HEADERS, status_rows(statuses, health)))
+    if any(s.get("sharded") for s in statuses):
+        print()
+        print(table(RANGES_PER_NODE_HEADERS, ranges_per_node_rows(statuses)))
+    return 0
+
+
+def cmd_ranges(args: argparse.Namespace) -> int:
+    with connect(args) as c:
+        descs = c.ranges()
+        statuses = c.cluster_status()
+    if args.json:
+        doc = [
+            {**range_json(d), **led} for d, led in zip(descs, _led(descs, statuses), strict=True)
+        ]
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    print(table(RANGES_HEADERS, range_rows(descs, _led(descs, statuses))))
+    return 0
+
+
+def _led(descs: Sequence[Any], statuses: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per range: what the node leading it says of it (keys, applied index)."""
+    by_id: dict[int, dict[str, Any]] = {}
+    for st in statuses:
+        for r in st.get("ranges", []) if "error" not in st else []:
+            if r.get("role") == "leader":
+                by_id[int(r["id"])] = {"keys": r.get("keys"), "applied": r.get("applied"),
+                                       "leader": st.get("id")}  # fmt: skip
+    return [by_id.get(int(d.range_id), {}) for d in descs]
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    with connect(args) as c:
+        left, right = c.split(args.key)
+    print(table(RANGES_HEADERS, range_rows([left, right], [{}, {}])))
     return 0
 
 
@@ -83,6 +131,27 @@ def register(sub: Any, common: ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the raw status dicts as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "ranges",
+        parents=[common],
+        help="a sharded cluster's ranges: bounds, replicas, leader, keys",
+        description="Show the ranges of keys of a sharded cluster, in key order: their "
+        "bounds, descriptor version, replicas, the node leading each, and the keys and "
+        "applied index its leader reports.",
+    )
+    p.add_argument("--json", action="store_true", help="print the ranges as JSON")
+    p.set_defaults(func=cmd_ranges)
+    p = sub.add_parser(
+        "split",
+        parents=[common],
+        help="split the range holding KEY so that a new range starts at KEY",
+        description="Split a range of a sharded cluster at KEY (an operator's split; the "
+        "cluster also splits ranges past --split-keys keys or --hot-write-ops writes/s). "
+        "No data is copied. Prints the two ranges.",
+    )
+    p.add_argument("key", help="the first key of the new range")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("member", help="list, add or remove members")
     msub = p.add_subparsers(dest="member_command", required=True, metavar="{list,add,remove}")

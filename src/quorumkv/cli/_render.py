@@ -24,6 +24,11 @@ STATUS_HEADERS = ("ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
 """``LAG``: how far the node's applied index is behind the leader's commit index."""
 
 
+RANGES_HEADERS = ("RANGE", "START", "END", "VERSION", "REPLICAS", "LEADER", "KEYS", "APPLIED")
+"""``qkv ranges``: the directory's ranges, with what their leaders report."""
+RANGES_PER_NODE_HEADERS = ("NODE", "RANGES", "LEADS")
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Columns padded to their widest cell, two spaces apart; the last is not padded."""
     cells = [[str(c) for c in headers]] + [[_cell(c) for c in row] for row in rows]
@@ -154,3 +159,46 @@ def op_lines(resp: OpResponse) -> list[str]:
     if isinstance(resp, DeleteRangeResponse):
         return [str(resp.deleted)]
     return txn_lines(resp)
+
+
+def _key_text(key: bytes, end: bool = False) -> str:
+    if not key:
+        return "(end)" if end else "(start)"
+    return show(key)
+
+
+def range_rows(descs: Sequence[Any], led: Sequence[Mapping[str, Any]]) -> list[list[object]]:
+    """One row per range (``shard.RangeDescriptor``) for ``RANGES_HEADERS``; ``led`` is,
+    per range, what its leader's status says (``keys``, ``applied``, ``leader``)."""
+    rows: list[list[object]] = []
+    for d, info in zip(descs, led, strict=True):
+        replicas = ",".join(f"{r.node_id}{'(learner)' if r.learner else ''}" for r in d.replicas)
+        leader = info.get("leader") or (int(d.leader) or None)
+        rows.append([d.range_id, _key_text(d.start), _key_text(d.end, True), d.epoch.version,
+                     replicas, leader, info.get("keys"), info.get("applied")])  # fmt: skip
+    return rows
+
+
+def range_json(desc: Any) -> dict[str, Any]:
+    """A range descriptor as JSON (keys as text, or base64 when not UTF-8)."""
+    return {
+        "range": desc.range_id,
+        "start": show(desc.start),
+        "end": show(desc.end),
+        "conf_ver": desc.epoch.conf_ver,
+        "version": desc.epoch.version,
+        "replicas": [{"node": r.node_id, "learner": r.learner} for r in desc.replicas],
+        "leader_hint": int(desc.leader) or None,
+    }
+
+
+def ranges_per_node_rows(statuses: Sequence[Mapping[str, Any]]) -> list[list[object]]:
+    """Per reachable node of a sharded cluster: ranges of keys held, and led."""
+    rows: list[list[object]] = []
+    for st in statuses:
+        if "error" in st:
+            continue
+        ranges = st.get("ranges", [])
+        led = sum(1 for r in ranges if r.get("role") == "leader")
+        rows.append([st.get("id"), len(ranges), led])
+    return rows

@@ -77,7 +77,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(f"--nodes must be at least 1, not {args.nodes}")
     base_port, http_base_port = _ports(args)
     cluster = LocalCluster(
-        args.nodes, args.data_dir, base_port=base_port, http_base_port=http_base_port
+        args.nodes,
+        args.data_dir,
+        base_port=base_port,
+        http_base_port=http_base_port,
+        sharded=args.sharded,
     )
     with _sigterm_as_interrupt():
         print(f"qkv: starting nodes in {os.path.abspath(args.data_dir)} ...", flush=True)
@@ -112,7 +116,10 @@ def _banner(cluster: LocalCluster) -> None:
     lines.append("Try it from another terminal:")
     if eps != DEFAULT_ENDPOINTS:
         lines.append(f"  export {ENDPOINTS_ENV}={eps}")
-    lines += ["  qkv put hello world", "  qkv get hello", "  qkv status", ""]
+    lines += ["  qkv put hello world", "  qkv get hello", "  qkv status"]
+    if cluster.sharded:
+        lines += ["  qkv split hello", "  qkv ranges"]
+    lines.append("")
     lines.append("Ctrl-C stops every node; 'qkv up' on the same --data-dir brings them back.")
     print("\n".join(lines), flush=True)
 
@@ -158,6 +165,12 @@ def register(sub: Any) -> None:
         type=count,
         metavar="PORT",
         help="node i serves /health and /status on PORT+i-1 (default: base port + 1000)",
+    )
+    p.add_argument(
+        "--sharded",
+        action="store_true",
+        help="found a sharded cluster: a meta range and ranges of keys that split "
+        "(decided when the cluster is founded)",
     )
     p.add_argument(
         "--start-timeout",
