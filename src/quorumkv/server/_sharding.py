@@ -216,6 +216,10 @@ class MetaUnavailable(ServerError):
     """The meta range could not run an entry before the deadline."""
 
 
+class RangeBusy(MetaUnavailable):
+    """The range is in the middle of another split: nothing was done; retry."""
+
+
 class Shards:
     """A sharded node's routing, meta services and splits."""
 
@@ -467,6 +471,18 @@ class Shards:
         desc = r.sm.desc
         assert desc is not None
         desc.split_at(key, RangeId(desc.range_id + 1))  # checks the key; raises if bad
+        busy = ("split", int(desc.range_id))
+        if busy in self._busy:
+            raise RangeBusy(f"range {desc.range_id} is splitting already; retry")
+        self._busy.add(busy)  # the reconciler leaves this range alone meanwhile
+        try:
+            return await self._split(r, desc, key)
+        finally:
+            self._busy.discard(busy)
+
+    async def _split(
+        self, r: Replica, desc: RangeDescriptor, key: bytes
+    ) -> tuple[RangeDescriptor, RangeDescriptor]:
         res = await self.meta_call(encode_command(SplitRange(desc.range_id, desc.epoch, key)))
         if isinstance(res, ShardError):
             d = self.directory
@@ -503,6 +519,16 @@ class Shards:
             r.sm.apply([(index, b"")])
             return ShardCommandError(f"undecodable admin entry at {index}: {e!r}")
         cur = r.sm.desc
+        if (
+            cur is not None
+            and cur.range_id == left.range_id
+            and cur.epoch.version == left.epoch.version
+            and (cur.start, cur.end) == (left.start, left.end)
+        ):
+            # The same split, proposed twice (by its requester and by the reconciler
+            # that saw the directory ahead): the second is a no-op that reports success.
+            r.sm.apply([(index, b"")])
+            return (left, right)
         if (
             cur is None
             or left.range_id != cur.range_id
