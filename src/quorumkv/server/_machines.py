@@ -15,8 +15,13 @@ engine transaction as the effects of the entries it covers. Two kinds:
     epoch: ``shard.RangeDescriptor``) is kept with its data (``desc``).
 ``MetaMachine``
     The meta range of a sharded cluster (group 1): the directory (``shard.Directory``)
-    and the cluster's revision allocator, one engine blob rewritten per applied batch
-    (both are small). An entry is a directory command (``shard.encode_command``), whose
+    and the cluster's revision allocator, held in memory and written to the engine as
+    one blob every ``PERSIST_EVERY`` entries and whenever ``sync`` is called (before the
+    log under it is compacted, and when the node stops). Between two writes the WAL is
+    the durable record: a restart replays the meta entries after the blob's applied
+    index, and their results are the same. (Writing the blob per batch cost an engine
+    commit, with its fdatasync, per revision allocation: 15% of every node's time with
+    three ranges under load.) An entry is a directory command (``shard.encode_command``), whose
     result or refusal goes back to the proposer, or an allocation (``alloc_entry(n)``),
     whose result is the first of ``n`` fresh revisions. Allocations are entries, not a
     leader's memory, so revisions are handed out in log order: a write that completed
@@ -47,6 +52,8 @@ ALLOC_PREFIX = b"\xc1\x03"
 (0xc1 never starts a msgpack document, so no directory command begins with it.)"""
 _U64 = struct.Struct(">Q")
 _META_MAGIC = "quorumkv-meta-snapshot"
+PERSIST_EVERY = 1000
+"""Meta entries applied between two writes of the meta range's state to the engine."""
 FIRST_REVISION = 2
 """The allocator's first revision: a range starts at revision 1 (etcd's empty store), so
 every stamp must exceed it."""
@@ -135,7 +142,7 @@ class KVMachine:
 class MetaMachine:
     """The meta range: the directory and the revision allocator."""
 
-    __slots__ = ("_applied", "directory", "engine", "group", "next_revision")
+    __slots__ = ("_applied", "_persisted", "directory", "engine", "group", "next_revision")
 
     def __init__(self, engine: Engine, group: int) -> None:
         self.engine = engine
@@ -144,6 +151,7 @@ class MetaMachine:
         if state is None:
             raise ValueError(f"the engine holds no state for meta group {group}")
         self._applied, blob = state
+        self._persisted = self._applied
         self.next_revision, self.directory = _decode_meta(blob)
 
     @staticmethod
@@ -187,9 +195,14 @@ class MetaMachine:
                 results.append(self.directory.apply_entry(data))
         if before_commit is not None:
             before_commit(results)
-        self.engine.put_state(self.group, applied, self._blob())
         self._applied = applied
+        if applied - self._persisted >= PERSIST_EVERY:
+            self._persist()
         return results
+
+    def _persist(self) -> None:
+        self.engine.put_state(self.group, self._applied, self._blob())
+        self._persisted = self._applied
 
     def _blob(self) -> bytes:
         return pack([self.next_revision, self.directory.to_bytes()])
@@ -214,8 +227,12 @@ class MetaMachine:
         next_revision, directory = _decode_meta(parts[1])
         self.engine.put_state(self.group, index, parts[1])
         self._applied, self.next_revision, self.directory = index, next_revision, directory
+        self._persisted = index
 
     def sync(self) -> None:
+        """Write the state to the engine and make it durable."""
+        if self._applied != self._persisted:
+            self._persist()
         self.engine.sync()
 
     def keys(self) -> int:

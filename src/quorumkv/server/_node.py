@@ -593,6 +593,8 @@ class Node:
             self._tick_handle.cancel()
         if self.fatal is None:
             self.storage.sync()
+            for r in replicas:
+                r.sm.sync()  # the meta range writes its state to the engine here
             self.engine.sync()
         self.closed = True
         self.storage.close()
