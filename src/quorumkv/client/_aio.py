@@ -303,7 +303,9 @@ class AsyncClient(Router):
         except (ValueError, AttributeError) as e:
             raise MalformedRequestError(f"member address: {e}") from None
         body = [node_id, addr, bool(learner_only)]
-        answer, at = await self._call(OP_MEMBER_ADD, body, timeout, "member_add", idempotent=False)
+        answer, at = await self._call(
+            OP_MEMBER_ADD, body, timeout, "member_add", idempotent=False, slow=True
+        )
         return expect_list(answer, "members", at)
 
     async def member_remove(
@@ -312,7 +314,7 @@ class AsyncClient(Router):
         """Remove node ``node_id`` from the cluster. Returns the members."""
         _check_node_id(node_id)
         answer, at = await self._call(
-            OP_MEMBER_REMOVE, node_id, timeout, "member_remove", idempotent=False
+            OP_MEMBER_REMOVE, node_id, timeout, "member_remove", idempotent=False, slow=True
         )
         return expect_list(answer, "members", at)
 
@@ -323,7 +325,9 @@ class AsyncClient(Router):
             raise MalformedRequestError(f"target node id must be an integer >= 0, not {to!r}")
         loop = self._bind()
         deadline = loop.time() + self._budget(timeout)
-        answer, at = await self._call(OP_TRANSFER, to, timeout, "transfer_leader", idempotent=False)
+        answer, at = await self._call(
+            OP_TRANSFER, to, timeout, "transfer_leader", idempotent=False, slow=True
+        )
         leader = expect_dict(answer, "a transfer answer", at).get("leader")
         if not isinstance(leader, int):
             raise ProtocolError(f"{at} sent a transfer answer without a leader id: {answer!r}")
@@ -369,7 +373,9 @@ class AsyncClient(Router):
         desc = await self.shards.locate(k, deadline)
         router = self.shards.router(desc)
         body = [desc.range_id, desc.epoch.version, k]
-        answer, at = await router._call(OP_SPLIT, body, timeout, "split", idempotent=False)
+        answer, at = await router._call(
+            OP_SPLIT, body, timeout, "split", idempotent=False, slow=True
+        )
         doc = expect_dict(answer, "a split answer", at)
         try:
             left = RangeDescriptor.from_wire(doc["left"])

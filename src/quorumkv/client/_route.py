@@ -282,11 +282,21 @@ class Router:
         return self._timeout if timeout is None else timeout
 
     async def _call(
-        self, op: int, body: object, timeout: float | None, what: str, *, idempotent: bool = True
+        self,
+        op: int,
+        body: object,
+        timeout: float | None,
+        what: str,
+        *,
+        idempotent: bool = True,
+        slow: bool = False,
     ) -> tuple[Any, str]:
         """Send one request, retrying per ``_policy`` until an answer settles it or its
         deadline passes. Returns the OK answer's body and the address that sent it.
-        ``idempotent`` False: raise at once when a try's outcome is unknown."""
+        ``idempotent`` False: raise at once when a try's outcome is unknown. ``slow``: the
+        node answers only once the work is done (a membership change waits for the new
+        node to catch up; a split, for the range to apply it), so one try may take the
+        whole deadline rather than ``attempt_timeout``."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop or self._closed:
             loop = self._bind()  # binds, or raises why this loop cannot use the client
@@ -323,7 +333,7 @@ class Router:
             # A node that stops answering with its connection open (SIGSTOP, a stall)
             # would hold the call until its deadline; one try gets ATTEMPT_TIMEOUT, then
             # the call moves on (an election elsewhere takes about that long).
-            attempt_deadline = min(deadline, now + self._attempt_timeout)
+            attempt_deadline = deadline if slow else min(deadline, now + self._attempt_timeout)
             try:
                 code, answer = await conn.call(op, body, attempt_deadline)
             except ConnectionLost as e:

@@ -883,7 +883,12 @@ class Replica:
             if self.raw.raft.role is not Role.LEADER:
                 raise ProposalDropped("lost leadership", int(self.raw.raft.lead))
             pr = self.raw.raft.trk.progress.get(NodeId(node))
-            if pr is not None and pr.match + 100 >= self.raw.raft.log.last_index():
+            if (
+                pr is not None
+                and pr.state.value == "replicate"  # not probing, not awaiting a snapshot
+                and pr.match >= self.raw.raft.log.first_index()
+                and pr.match + 100 >= self.raw.raft.log.last_index()
+            ):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError
