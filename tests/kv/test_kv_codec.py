@@ -242,3 +242,32 @@ def test_the_classes_stay_frozen_slotted_dataclasses() -> None:
     assert dataclasses.replace(PutRequest(b"k", b"v"), lease=3) == PutRequest(b"k", b"v", 3)
     with pytest.raises(KVError, match="lease"):
         dataclasses.replace(PutRequest(b"k", b"v"), lease=-1)
+
+
+def test_every_error_apply_returns_comes_back_as_its_class_with_its_fields() -> None:
+    """A writer gets the errors of the state machine back through ``encode_result``,
+    the sharded ones included: a client refreshes its range cache on ``OutOfRangeError``
+    from its fields, and retries a ``StaleStampError``."""
+    from quorumkv.errors import OutOfRangeError, StaleStampError
+    from quorumkv.kv import (
+        CompactedError,
+        DuplicateKeyError,
+        FutureRevisionError,
+        KVLimitError,
+        MalformedRequestError,
+    )
+
+    errors: list[KVError] = [
+        OutOfRangeError(7, b"zz", b"m", b""),
+        OutOfRangeError(1 << 40, b"\x00", b"", b"\xff" * 3),
+        StaleStampError(40, 50),
+        CompactedError(3, 5),
+        FutureRevisionError(9, 4),
+        KVLimitError("txn nesting depth", 32, 40, "levels"),
+        DuplicateKeyError(b"k"),
+        MalformedRequestError("not a key-value command"),
+    ]
+    for err in errors:
+        back = decode_result(encode_result(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert vars(back) == vars(err)

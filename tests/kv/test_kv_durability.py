@@ -139,7 +139,9 @@ def _old_store(path: Path, fmt: int, session: bytes) -> None:
 
     from quorumkv.kv._codec import pack
 
-    u64 = lambda n: n.to_bytes(8, "big")  # noqa: E731
+    def u64(n: int) -> bytes:
+        return n.to_bytes(8, "big")
+
     env = lmdb.open(str(path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:
         rev, meta = env.open_db(b"rev", txn=txn), env.open_db(b"meta", txn=txn)

@@ -75,3 +75,59 @@ def test_rollback_restores_exactly_the_state_before(
     assert [k for k, _ in idx.live(b"", ALL_KEYS, None)] == sorted(
         k for k, revs in before.items() if revs and not revs[-1] & 1
     )
+
+
+KEYS = [b"a", b"a\x00", b"b", b"bb", b"c", b"d\xff"]
+
+
+def _filled(steps: list[tuple[int, bool]]) -> KeyIndex:
+    idx = KeyIndex()
+    for main, (k, tomb) in enumerate(steps, start=2):
+        idx.add(KEYS[k], make_rev(main, 0, tomb))
+    return idx
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.booleans()), max_size=40),
+    st.sampled_from([b"a", b"a\x00", b"b", b"ba", b"c", b"z"]),
+)
+def test_split_off_moves_every_key_from_the_split_key_with_its_revisions(
+    steps: list[tuple[int, bool]], at: bytes
+) -> None:
+    idx = _filled(steps)
+    whole = {k: idx.all_revisions(k) for k in KEYS if idx.all_revisions(k)}
+    right = idx.split_off(at)
+    assert {k: right.all_revisions(k) for k in KEYS if right.all_revisions(k)} == {
+        k: v for k, v in whole.items() if k >= at
+    }
+    assert {k: idx.all_revisions(k) for k in KEYS if idx.all_revisions(k)} == {
+        k: v for k, v in whole.items() if k < at
+    }
+    assert idx.revisions() + right.revisions() == len(steps)
+    assert right.revisions() == sum(len(v) for k, v in whole.items() if k >= at)
+    assert [k for k, _ in right.live(b"\x00", ALL_KEYS, None)] == [
+        k for k, v in sorted(whole.items()) if k >= at and not v[-1] & 1
+    ]
+    # both halves go on as indexes of their own
+    right.add(b"zz", make_rev(1000, 0, False))
+    idx.add(b"\x01", make_rev(1000, 0, False))
+    assert right.pick(b"zz", None) == idx.pick(b"\x01", None) == make_rev(1000, 0, False)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.booleans()), max_size=40),
+    st.integers(0, 45),
+)
+def test_compactable_names_every_key_compaction_would_touch(
+    steps: list[tuple[int, bool]], at: int
+) -> None:
+    idx = _filled(steps)
+    candidates = set(idx.compactable(at))
+    idx.begin()
+    touched = {k for k in KEYS if idx.compact(k, at)}
+    idx.rollback()
+    assert touched <= candidates
+    # and no key whose one revision is live, or above ``at``, is named
+    for k in candidates:
+        revs = idx.all_revisions(k)
+        assert len(revs) > 1 or (revs[0] & 1 and rev_main(revs[0]) <= at)

@@ -4,7 +4,8 @@ Random batches of puts, delete-ranges, txns (nested, with every compare target a
 operator), compactions and reads at random revisions go through ``apply``; between
 batches, reads at every revision from 0 to one past the current one go straight to
 ``range``, and now and then the store is reopened or replaced by a restore of its own
-snapshot. Every response and error must equal the model's.
+snapshot. Every response and error must equal the model's. The second test runs the
+same plans against one range of an engine shared with a busy neighbour.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvharness import Harness
+from kvharness import Harness, RangeHarness
 from kvmodel import Model
 
 from quorumkv.kv import (
@@ -30,6 +31,7 @@ from quorumkv.kv import (
     Op,
     PutRequest,
     RangeRequest,
+    RangeStore,
     Request,
     SortOrder,
     SortTarget,
@@ -105,7 +107,7 @@ steps = st.lists(
 )
 
 
-def _check_reads(store: MVCCStore, model: Model) -> None:
+def _check_reads(store: MVCCStore | RangeStore, model: Model) -> None:
     for rev in range(model.revision + 2):
         for end in (ALL_KEYS, b""):
             req = RangeRequest(b"a", end, revision=rev)
@@ -139,5 +141,58 @@ def test_store_matches_model(plan: list[list[Request] | str]) -> None:
                 assert h.store.revision() == model.revision
                 assert h.store.compacted_revision() == model.compacted
                 _check_reads(h.store, model)
+        finally:
+            h.close()
+
+
+def _surviving(model: Model) -> int:
+    """The records a store holds after the model's writes and its last compaction: every
+    write above the compacted revision, and per key the newest at or below it unless
+    that is a deletion."""
+    newest: dict[bytes, bool] = {}
+    above = 0
+    for e in model.events:
+        if e.main > model.compacted:
+            above += 1
+        else:
+            newest[e.key] = e.kv is not None
+    return above + sum(newest.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps, st.integers(0, 6))
+def test_a_range_sharing_its_engine_matches_model(
+    plan: list[list[Request] | str], churn: int
+) -> None:
+    """The same, for a stamped, bounded range of an engine whose other range is written,
+    deleted from and compacted between steps: bounds checks, stamps, compaction by the
+    index and the shared ``rev`` must change no answer, and the neighbour must keep
+    exactly its own state. Each write is stamped with the revision the model gives it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = RangeHarness(Path(tmp) / "a")
+        model = Model()
+        try:
+            for step in plan:
+                if step == "reopen":
+                    h.reopen()
+                elif step == "restore":
+                    h.restore()
+                else:
+                    assert isinstance(step, list)
+                    stamps, want = [], []
+                    for r in step:
+                        stamps.append(model.revision + 1)
+                        want.append(model.run(r))
+                    got = h.apply(step, stamps)
+                    assert [repr(g) for g in got] == [repr(w) for w in want]
+                h.churn(churn)
+                assert h.store.revision() == model.revision
+                assert h.store.compacted_revision() == model.compacted
+                _check_reads(h.store, model)
+                h.check_busy()
+                # Compaction dropped exactly what it may, and nothing of the neighbour's.
+                kept = _surviving(model)
+                assert h.store.stats()["rev"] == kept
+                assert h.engine.stats()["rev"] == kept + h.busy.stats()["rev"]
         finally:
             h.close()

@@ -30,7 +30,8 @@ from quorumkv.kv._errors import (
     StoreFullError,
 )
 from quorumkv.kv._mvcc import MVCCStore
-from quorumkv.kv._range import ADMIN_PREFIX, RangeStore, snapshot_index, stamp_command
+from quorumkv.kv._range import ADMIN_PREFIX, RangeStore, stamp_command
+from quorumkv.kv._snap import snapshot_index
 from quorumkv.kv._types import (
     ALL_KEYS,
     LIMITS,

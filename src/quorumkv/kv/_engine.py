@@ -26,9 +26,20 @@ Databases (format 3):
     result (exactly-once per range; a split copies its parent's sessions).
 
 Opening rebuilds every range's index in ONE pass over ``rev``: each record goes to the
-range whose bounds hold its key; a record no range holds (which no operation leaves)
-is deleted, with a warning. A format 1 or 2 store (one state machine, no ranges)
-becomes range 1 with the whole keyspace, unstamped, in place.
+range whose bounds hold its key (a bisection over the sorted starts); a record no range
+holds (which no operation leaves) is counted (``orphans``), logged and deleted in the
+opening transaction. A format 1 or 2 store (one state machine, no ranges) becomes range
+1 with the whole keyspace, unstamped, in place.
+
+Several ranges of keys may share an engine only if all of them are stamped: a range
+that numbers its own revisions (``MVCCStore``, an unsharded node) would write the same
+revisions as its neighbours. ``create_range`` and ``restore_range`` refuse otherwise,
+and only a stamped range splits.
+
+``restore_range`` installs a snapshot (``_snap``) in ONE write transaction on the
+caller's thread, so a big one stalls every other writer of the node meanwhile; it
+keeps the ``RangeStore`` object of a range it replaces (its state is swapped in after
+the commit), so the server's holders of it stay valid.
 
 ``RangeStore`` (``_range``) is one range's view: its reads, its applies, its split and
 snapshots. This module owns the environment, the per-group metadata layout, opening and
@@ -50,10 +61,11 @@ from typing import Any
 import lmdb
 
 from quorumkv.kv._codec import unpack
-from quorumkv.kv._errors import KVError
+from quorumkv.kv._errors import KVError, SnapshotError
 from quorumkv.kv._exec import Dbs
 from quorumkv.kv._index import KeyIndex, rev_from_key
-from quorumkv.kv._range import RangeStore, install_range
+from quorumkv.kv._range import RangeStore
+from quorumkv.kv._snap import install, read_head
 
 log = logging.getLogger("quorumkv.kv")
 
@@ -151,6 +163,15 @@ class Engine:
         )  # fmt: skip
         self._ranges: dict[int, RangeStore] = {}
         self._states: dict[int, tuple[int, bytes]] = {}
+        self.orphans = 0
+        """Records that no range held when the engine opened (deleted then)."""
+        try:
+            self._open()
+        except BaseException:
+            self.env.close()  # never left open: a second open in this process would break
+            raise  # LMDB's locks
+
+    def _open(self) -> None:
         with self.env.begin(write=True) as txn:
             self.dbs = Dbs(*(self.env.open_db(n.encode(), txn=txn) for n in _DB_NAMES))
             fmt = txn.get(_FORMAT_KEY, db=self.dbs.meta)
@@ -182,21 +203,37 @@ class Engine:
         kv.sort()
         starts = [s for s, _, _ in kv]
         ends = [v[b"end"] for _, _, v in kv]
-        pairs: list[list[tuple[bytes, int]]] = [[] for _ in kv]
+        maps: list[dict[bytes, Any]] = [{} for _ in kv]
+        counts = [0] * len(kv)
         orphans: list[bytes] = []
+        whole = len(kv) == 1 and not starts[0] and not ends[0]
         for k, v in txn.cursor(db=self.dbs.rev).iternext():
+            # As ``KeyIndex.rebuild``, into the map of the range that holds the key.
             doc = unpack(v)
             key = doc[0]
-            i = bisect_right(starts, key) - 1
-            if i < 0 or (ends[i] and key >= ends[i]):
-                orphans.append(bytes(k))
-                continue
-            pairs[i].append((key, rev_from_key(bytes(k), bool(doc[6]))))
+            if whole:
+                i = 0
+            else:
+                i = bisect_right(starts, key) - 1
+                if i < 0 or (ends[i] and key >= ends[i]):
+                    orphans.append(bytes(k))
+                    continue
+            rev = rev_from_key(bytes(k), bool(doc[6]))
+            revs = maps[i]
+            counts[i] += 1
+            old = revs.get(key)
+            if old is None:
+                revs[key] = rev
+            elif type(old) is int:
+                revs[key] = [old, rev]
+            else:
+                old.append(rev)
+        self.orphans = len(orphans)
         if orphans:
             log.warning("%s: %d records belong to no range; deleted", self.path, len(orphans))
             for k in orphans:
                 txn.delete(k, db=self.dbs.rev)
-        for (start, gid, values), recs in zip(kv, pairs, strict=True):
+        for (start, gid, values), revs, n in zip(kv, maps, counts, strict=True):
             self._ranges[gid] = RangeStore(
                 self,
                 gid,
@@ -207,7 +244,7 @@ class Engine:
                 applied=u64(values[b"applied"]),
                 revision=u64(values[b"revision"]),
                 compacted=u64(values[b"compacted"]),
-                index=KeyIndex.rebuild(recs),
+                index=KeyIndex.from_revs(revs, n),
             )
 
     # -- groups ----------------------------------------------------------------------
@@ -219,21 +256,29 @@ class Engine:
     def range(self, range_id: int) -> RangeStore:
         return self._ranges[range_id]
 
-    def _check_bounds(self, range_id: int, start: bytes, end: bytes, stamped: bool) -> None:
-        if range_id in self._ranges or range_id in self._states:
-            raise KVError(f"{self.path}: group {range_id} exists already")
+    def _conflict(self, range_id: int, start: bytes, end: bytes, stamped: bool) -> str | None:
+        """Why range ``range_id`` cannot hold ``[start, end)`` next to the other ranges
+        (None: it can)."""
         if end and end <= start:
-            raise KVError(f"range {range_id}: start {start!r} is not below end {end!r}")
+            return f"range {range_id}: start {start!r} is not below end {end!r}"
         for other in self._ranges.values():
+            if other.range_id == range_id:
+                continue
             if (not other.end or start < other.end) and (not end or other.start < end):
-                raise KVError(
-                    f"range {range_id} [{start!r}, {end!r}) overlaps range {other.range_id}"
-                )
+                return f"range {range_id} [{start!r}, {end!r}) overlaps range {other.range_id}"
             if not (stamped and other.stamped):
-                raise KVError(
+                return (
                     "an engine holds several ranges of keys only if all of them are stamped "
                     "(their revisions come from one allocator, so their records never collide)"
                 )
+        return None
+
+    def _check_bounds(self, range_id: int, start: bytes, end: bytes, stamped: bool) -> None:
+        if range_id in self._ranges or range_id in self._states:
+            raise KVError(f"{self.path}: group {range_id} exists already")
+        why = self._conflict(range_id, start, end, stamped)
+        if why is not None:
+            raise KVError(why)
 
     def create_range(
         self,
@@ -264,11 +309,14 @@ class Engine:
         self._ranges[rs.range_id] = rs
 
     def drop_range(self, range_id: int) -> None:
-        """Delete a range's records, sessions and metadata, in one transaction."""
+        """Delete a range's records (found through its index), sessions and metadata,
+        in one transaction. Its ``RangeStore`` refuses every call from then on. Raises
+        ``KeyError`` for a range the engine does not hold."""
         rs = self._ranges[range_id]
         with self.env.begin(write=True) as txn:
             rs.delete_all(txn)
         del self._ranges[range_id]
+        rs.dropped = True
 
     def restore_range(self, range_id: int, chunks: Iterable[bytes]) -> RangeStore:
         """Install a ``RangeStore.snapshot`` as range ``range_id``, atomically: one
@@ -279,10 +327,31 @@ class Engine:
         writer for its duration. Raises ``SnapshotError``; then nothing changed."""
         old = self._ranges.get(range_id)
         if old is None and range_id in self._states:
-            raise KVError(f"group {range_id} is not a range of keys")
-        others = [r for r in self._ranges.values() if r.range_id != range_id]
-        with self.env.begin(write=True) as txn:
-            new = install_range(self, txn, range_id, old, chunks, others)
+            raise SnapshotError(f"group {range_id} is not a range of keys")
+        rest = iter(chunks)
+        first = next(rest, None)
+        if first is None:
+            raise SnapshotError("empty snapshot")
+        head = read_head(first)
+        why = self._conflict(range_id, head.start, head.end, head.stamped)
+        if why is not None:
+            raise SnapshotError(f"the snapshot does not fit this engine: {why}")
+        try:
+            with self.env.begin(write=True) as txn:
+                if old is not None:
+                    old.delete_all(txn)
+                index = install(txn, self.dbs, session_prefix(range_id), head, first, rest)
+                new = RangeStore(
+                    self, range_id, head.start, head.end, desc=head.desc, stamped=head.stamped,
+                    applied=head.applied, revision=head.revision, compacted=head.compacted,
+                    index=index,
+                )  # fmt: skip
+                new.write_meta(txn)
+        except lmdb.MapFullError:
+            raise SnapshotError(
+                f"{self.path}: the LMDB map is full; reopen with a larger map_size "
+                f"(now {self.env.info()['map_size']})"
+            ) from None
         if old is None:
             self._ranges[range_id] = new
             return new

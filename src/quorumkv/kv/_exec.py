@@ -23,8 +23,18 @@ reads the ``rev`` record only for keys it returns (never for ``count_only``).
 Compaction at ``C`` keeps, per key, only the newest revision at or below ``C`` unless it
 is a tombstone, and everything above ``C``; reads at ``R >= C`` therefore see exactly
 what they saw before, and reads below ``C`` fail with ``CompactedError``. Only keys
-written since the previous compaction can have anything to drop, so compaction walks
-``rev`` from the previous compacted revision to ``C`` and visits those keys.
+written since the previous compaction can have anything to drop, so a store whose
+records are alone in ``rev`` walks ``rev`` from the previous compacted revision to ``C``
+and visits those keys. A range that shares ``rev`` with other ranges (``walk_index``)
+would visit their records too, every range all of them: it walks its own index instead
+(O(its keys); ``KeyIndex.compactable``) and never reads another range's record.
+
+A write request takes main revision ``current + 1``, or the revision stamp ``run`` is
+given (a sharded range: revisions come from the cluster's allocator, unique across
+ranges but not dense; the caller has checked that the stamp exceeds ``current``). The
+records of a store that numbers its own revisions are appended; a stamped range's
+interleave with other ranges' records, so they are inserted, and one that exists
+already is a broken invariant (two writes stamped alike).
 
 A write request is checked completely before its first write (revisions in its ranges,
 the compares on its path), so a refused request leaves nothing behind and ``apply`` can
@@ -147,12 +157,10 @@ def read_range(
 
 class Executor:
     """Runs requests in one write transaction. ``current`` and ``compacted`` are the
-    state's revisions as of the last request; the caller persists them.
-
-    A write takes main revision ``current + 1``, or ``stamp`` when the caller set one (a
-    sharded range: revisions come from the cluster's allocator, so they are unique
-    across ranges but not dense, and records are put in place, not appended, since other
-    ranges' records interleave with them in the shared engine)."""
+    state's revisions as of the last request; the caller persists them. ``append``:
+    the store numbers its own revisions and its records are alone in ``rev`` (else
+    they are inserted, never overwriting one); ``walk_index``: compact by walking the
+    index, not ``rev`` (a range sharing ``rev``)."""
 
     def __init__(
         self,
@@ -161,7 +169,9 @@ class Executor:
         index: KeyIndex,
         current: int,
         compacted: int,
+        *,
         append: bool = True,
+        walk_index: bool = False,
     ) -> None:
         self.txn = txn
         self.dbs = dbs
@@ -169,18 +179,22 @@ class Executor:
         self.current = current
         self.compacted = compacted
         self.append = append
-        self.stamp = 0
-        """The main revision of the next write request's writes (0: ``current + 1``)."""
-        self._sub = 0  # writes so far in the running request; they share its main revision
+        self.walk_index = walk_index
+        self.main = current + 1  # the main revision of the running request's writes
+        self._sub = 0  # writes so far in the running request; they share ``main``
 
     # -- entry point -----------------------------------------------------------------
 
-    def run(self, req: Request) -> Response:
-        """Apply one request; it is refused (raising ``KVError``) before any write."""
+    def run(self, req: Request, stamp: int = 0) -> Response:
+        """Apply one request; it is refused (raising ``KVError``) before any write. Its
+        writes take main revision ``stamp`` if given (the caller checked that it is
+        above ``current``), else ``current + 1``; one that writes nothing leaves
+        ``current`` as it was."""
         assert self._sub == 0
+        main = self.main = stamp or self.current + 1
         if type(req) is PutRequest:  # the common case: no compares, no read revisions
             put = self._put(req)
-            self.current = self.stamp or self.current + 1
+            self.current = main
             self._sub = 0
             return put
         if isinstance(req, CompactionRequest):
@@ -189,7 +203,7 @@ class Executor:
         self._plan(req, path)
         res = self._op(req, iter(path))
         if self._sub:
-            self.current = self.stamp or self.current + 1
+            self.current = main
             self._sub = 0
         return res
 
@@ -233,7 +247,7 @@ class Executor:
     # -- operations --------------------------------------------------------------------
 
     def _header(self) -> int:
-        return (self.stamp or self.current + 1) if self._sub else self.current
+        return self.main if self._sub else self.current
 
     def _op(self, op: Request, path: Iterator[bool]) -> OpResponse:
         if isinstance(op, PutRequest):
@@ -251,22 +265,22 @@ class Executor:
     def _write(
         self, key: bytes, value: bytes, create: int, version: int, lease: int, tombstone: bool
     ) -> None:
-        main, sub = self.stamp or self.current + 1, self._sub
+        main, sub = self.main, self._sub
         self._sub += 1
         rev = make_rev(main, sub, tombstone)
         doc = pack([key, value, create, main, version, lease, tombstone])
+        # Broken invariants, raised even under ``python -O``: the batch rolls back.
         if self.append:
-            ok = self.txn.put(rev_key(rev), doc, db=self.dbs.rev, append=True)
-            assert ok, f"revision {(main, sub)} is not above every stored revision"
-        else:
-            ok = self.txn.put(rev_key(rev), doc, db=self.dbs.rev, overwrite=False)
-            assert ok, f"revision {(main, sub)} is stored already: two writers stamped it"
+            if not self.txn.put(rev_key(rev), doc, db=self.dbs.rev, append=True):
+                raise AssertionError(f"revision {(main, sub)} is not above every stored one")
+        elif not self.txn.put(rev_key(rev), doc, db=self.dbs.rev, overwrite=False):
+            raise AssertionError(f"revision {(main, sub)} is stored already: stamped twice")
         self.index.add(key, rev)
 
     def _put(self, op: PutRequest) -> PutResponse:
         # The hot path of the state machine: the previous record is unpacked but only
         # made a KeyValue when the request asks for it.
-        main = self.stamp or self.current + 1
+        main = self.main
         key = op.key
         rev = self.index.pick(key, None)
         if rev is None or rev & 1:
@@ -296,11 +310,15 @@ class Executor:
             raise CompactedError(revision, self.compacted)
         if revision > self.current:
             raise FutureRevisionError(revision, self.current)
-        seek = rev_key(make_rev(self.compacted + 1, 0, False))
-        while seek:
-            keys, seek = self._touched(seek, revision)
-            for key in keys:
+        if self.walk_index:
+            for key in self.index.compactable(revision):
                 self._compact_key(key, revision)
+        else:
+            seek = rev_key(make_rev(self.compacted + 1, 0, False))
+            while seek:
+                keys, seek = self._touched(seek, revision)
+                for key in keys:
+                    self._compact_key(key, revision)
         self.compacted = revision
         return CompactionResponse(self.current)
 

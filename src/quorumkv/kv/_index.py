@@ -78,8 +78,7 @@ class KeyIndex:
     @classmethod
     def rebuild(cls, records: Iterable[tuple[bytes, int]]) -> KeyIndex:
         """An index of ``(key, rev)`` pairs given in ascending revision order."""
-        idx = cls()
-        revs = idx._revs
+        revs: dict[bytes, Any] = {}
         n = 0
         for key, rev in records:
             n += 1
@@ -89,8 +88,17 @@ class KeyIndex:
             elif type(old) is int:
                 revs[key] = [old, rev]
             else:
-                old.append(rev)  # type: ignore[union-attr]
-        idx._revisions = n
+                old.append(rev)
+        return cls.from_revs(revs, n)
+
+    @classmethod
+    def from_revs(cls, revs: dict[bytes, Any], count: int) -> KeyIndex:
+        """An index over ``revs``, taken as it is (not copied): key -> its one revision
+        as an int, or its revisions as an ascending list, as ``rebuild`` makes them;
+        ``count`` revisions in all. How ``Engine`` builds many indexes in one pass."""
+        idx = cls()
+        idx._revs = revs
+        idx._revisions = count
         idx._keys = SortedList(revs)
         return idx
 
@@ -142,6 +150,20 @@ class KeyIndex:
                 out.append(v)
             else:
                 out.extend(v)  # type: ignore[arg-type]
+        return out
+
+    def compactable(self, at: int) -> list[bytes]:
+        """The keys a compaction at ``at`` may drop revisions of: those with several
+        revisions, the oldest at or below ``at``, and those whose one revision is a
+        tombstone at or below ``at`` (``compact`` decides). One pass over the keys."""
+        out: list[bytes] = []
+        limit = upper(at)
+        for key, v in self._revs.items():
+            if type(v) is int:
+                if v & 1 and v < limit:
+                    out.append(key)
+            elif v[0] < limit:  # type: ignore[index]
+                out.append(key)
         return out
 
     def middle_key(self) -> bytes | None:

@@ -4,8 +4,10 @@ The store of an unsharded node and of the tools and tests that want one state ma
 an ``Engine`` (``_engine``) at ``path`` holding one range, id 1, over the whole keyspace,
 numbering its own revisions. Everything it does is the range's (``_range``): batches
 applied in one transaction with the applied index, sessions for exactly-once, reads
-from the in-memory key index, snapshots streamed from one read transaction and restored
-in one write transaction. A store written by an older version (format 1 or 2) is
+from the in-memory key index, snapshots of the range streamed from one read
+transaction. ``restore`` installs a snapshot in a fresh engine beside the store and
+renames it into place (as before the engine existed), so it is safe while the old store
+is still open in this process. A store written by an older version (format 1 or 2) is
 upgraded in place when opened.
 
 This module must never hold state of its own beyond the engine and the range.
@@ -14,6 +16,7 @@ This module must never hold state of its own beyond the engine and the range.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,9 +49,13 @@ class MVCCStore:
         restores: the right choice under a WAL."""
         self.path = Path(path)
         self.engine = Engine(path, map_size=map_size, sync=sync, metasync=metasync)
-        if RANGE not in self.engine.ranges():
-            self.engine.create_range(RANGE, b"", b"")
-        self.rs: RangeStore = self.engine.range(RANGE)
+        try:
+            if RANGE not in self.engine.ranges():
+                self.engine.create_range(RANGE, b"", b"")  # refused next to other ranges
+            self.rs: RangeStore = self.engine.range(RANGE)
+        except BaseException:
+            self.engine.close()
+            raise
 
     def applied_index(self) -> int:
         """The last log index whose effects are in the engine."""
@@ -109,11 +116,36 @@ class MVCCStore:
         map_size: int = DEFAULT_MAP_SIZE,
         sync: bool = True,
     ) -> MVCCStore:
-        """Install ``snapshot`` chunks as the store at ``path``, in one transaction that
-        commits only once the whole snapshot verified. Close any store open at ``path``
-        first. Raises ``SnapshotError``; then ``path`` is intact."""
-        with Engine(path, map_size=map_size, sync=sync) as engine:
-            engine.restore_range(RANGE, chunks)
-            if sync:
-                engine.sync()
-        return cls(path, map_size=map_size, sync=sync)
+        """Build a store at ``path`` from ``snapshot`` chunks, replacing whatever was
+        there only once the whole snapshot has been written and verified: it is
+        installed in a fresh engine beside ``path`` (``restore_range``), which is then
+        renamed into place, so a store still open at ``path`` is never written through
+        a second environment (close it before using the returned store). Raises
+        ``SnapshotError``; then ``path`` is intact."""
+        target = Path(path)
+        staging = target.with_name(target.name + ".restoring")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with Engine(staging, map_size=map_size, sync=sync) as engine:
+                engine.restore_range(RANGE, chunks)
+                if sync:
+                    engine.sync()
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        old = target.with_name(target.name + ".replaced")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        staging.rename(target)
+        _fsync_dir(target.parent)  # the renames must survive a power loss too
+        shutil.rmtree(old, ignore_errors=True)
+        return cls(target, map_size=map_size, sync=sync)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -16,23 +16,27 @@ retried command is answered from there and changes nothing (exactly-once, thesis
 Empty data (Raft's no-ops, configuration entries) only moves the applied index; entries
 at or below it are skipped (None), so replaying an older part of the log is harmless.
 
-Three refusals leave no session behind, so that the client's retry of the same sequence
+Some refusals leave no session behind, so that the client's retry of the same sequence
 number runs for real where it belongs:
 
 * a key outside ``[start, end)`` (the range split or moved since the client routed the
-  request): ``OutOfRangeError``, checked for every key a request touches, nested txns
-  included; skipped entirely for a range that is the whole keyspace;
+  request): ``OutOfRangeError``, checked for every key a request touches (compares and
+  operations of nested txns included); skipped entirely for a range that is the whole
+  keyspace, which costs the unstamped hot path nothing;
 * a stamp not above the range's current revision: ``StaleStampError``;
 * a stamped command on an unstamped range, or an unstamped one on a stamped range
   (whose revisions must all come from the allocator, or two ranges' records could
-  collide): ``MalformedRequestError``.
+  collide), and an entry of the server's own (``ADMIN_PREFIX``) or any other that
+  begins with 0xc1 but is no stamp: ``MalformedRequestError``.
+
+The first two are judged after the session lookup: a retry of a command that was
+applied is answered from its session, wherever and however late it arrives.
 
 Reads (``range``, ``get``) come from the in-memory ``KeyIndex`` and the records, see the
 last applied batch, and refuse keys outside the bounds the same way. ``split`` cuts the
-range in two without copying a record. ``snapshot`` streams the range (its records as
-its index held them when called, read in one read transaction opened then, its
-sessions and metadata); ``install_range`` puts such a stream in place of a range in one
-write transaction, committed only once the stream verifies.
+range in two without copying a record. ``snapshot`` streams the range (``_snap``: its
+records as its index held them when called, read in one read transaction opened then,
+and its sessions); ``Engine.restore_range`` installs such a stream.
 
 This module must never commit part of a batch, move the applied index without the data
 it covers, touch another range's records or sessions, or import the Raft core.
@@ -41,17 +45,17 @@ it covers, touch another range's records or sessions, or import the Raft core.
 from __future__ import annotations
 
 import struct
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from quorumkv.errors import OutOfRangeError, StaleStampError
-from quorumkv.kv._codec import Result, decode_command, decode_result, encode_result, pack, unpack
-from quorumkv.kv._errors import KVError, MalformedRequestError, SnapshotError, StoreFullError
+from quorumkv.kv._codec import Result, decode_command, decode_result, encode_result
+from quorumkv.kv._errors import KVError, MalformedRequestError, StoreFullError
 from quorumkv.kv._exec import Executor, read_range
-from quorumkv.kv._index import KeyIndex, rev_from_key, rev_key
+from quorumkv.kv._index import KeyIndex, rev_key
+from quorumkv.kv._snap import SnapHead, stream
 from quorumkv.kv._types import (
     ALL_KEYS,
     DeleteRangeRequest,
@@ -72,10 +76,6 @@ STAMP_PREFIX = b"\xc1\x01"
 one byte msgpack never uses, so it cannot begin a plain command."""
 ADMIN_PREFIX = b"\xc1\x02"
 """An entry the server applies itself (a split); never a command of this machine."""
-_SNAP_MAGIC = "quorumkv-range-snapshot"
-_SNAP_FORMAT = 3
-_SNAP_CHUNK = 1 << 20
-_RECORDS, _SESSIONS = 0, 1
 
 
 def stamp_command(revision: int, data: bytes) -> bytes:
@@ -88,7 +88,8 @@ def _below_end(key: bytes, end: bytes) -> bool:
 
 
 def outside(req: Request, start: bytes, end: bytes) -> bytes | None:
-    """The first key ``req`` touches outside ``[start, end)``, or None."""
+    """The first key ``req`` touches outside ``[start, end)``, or None: its key, or for
+    an interval that runs past ``end``, ``end`` itself (the first key beyond it)."""
     if type(req) is PutRequest:
         key = req.key
         return None if start <= key and _below_end(key, end) else key
@@ -100,7 +101,7 @@ def outside(req: Request, start: bytes, end: bytes) -> bytes | None:
             return None
         if range_end == ALL_KEYS:
             return end or None
-        return None if not end or range_end <= end else range_end
+        return None if not end or range_end <= end else end
     if isinstance(req, TxnRequest):
         for c in req.compare:
             if not (start <= c.key and _below_end(c.key, end)):
@@ -119,11 +120,13 @@ class RangeStore:
     __slots__ = (
         "_applied",
         "_compacted",
+        "_dbs",
         "_index",
         "_revision",
         "_sessions",
         "_whole",
         "desc",
+        "dropped",
         "end",
         "engine",
         "range_id",
@@ -157,7 +160,11 @@ class RangeStore:
         self._compacted = compacted
         self._index = index
         self._whole = not start and not end
+        """The whole keyspace: no bounds to check, and the only range of its engine."""
         self._sessions = _U64.pack(range_id)
+        self._dbs = engine.dbs
+        self.dropped = False
+        """Set by ``Engine.drop_range``: the object refuses every further call."""
 
     # -- state ---------------------------------------------------------------------------
 
@@ -229,6 +236,10 @@ class RangeStore:
         for name in RangeStore.__slots__:
             setattr(self, name, getattr(new, name))
 
+    def _check_live(self) -> None:
+        if self.dropped:
+            raise KVError(f"range {self.range_id} was dropped from its engine")
+
     # -- writes ----------------------------------------------------------------------------
 
     def apply(
@@ -246,14 +257,18 @@ class RangeStore:
         runs once every entry is applied, before the engine commits (if it raises,
         nothing is applied). Raises ``StoreFullError`` (nothing applied) when the map
         is full."""
+        self._check_live()
         results: list[Result | None] = []
         applied = self._applied
-        env, dbs = self.engine.env, self.engine.dbs
+        env, dbs = self.engine.env, self._dbs
         index = self._index
         index.begin()
         try:
             with env.begin(write=True) as txn:
-                ex = Executor(txn, dbs, index, self._revision, self._compacted, not self.stamped)
+                ex = Executor(
+                    txn, dbs, index, self._revision, self._compacted,
+                    append=not self.stamped, walk_index=not self._whole,
+                )  # fmt: skip
                 for i, data in entries:
                     if i <= applied:
                         results.append(None)
@@ -282,23 +297,39 @@ class RangeStore:
     def _refuse(self, err: KVError, encoded: bool) -> Any:
         return encode_result(err) if encoded else err
 
-    def _apply_one(self, txn: Any, ex: Executor, data: bytes, encoded: bool) -> Any:
-        stamp = 0
-        if data[0] == 0xC1:
-            if data[:2] != STAMP_PREFIX or len(data) < 10:
-                return self._refuse(MalformedRequestError("not a key-value command"), encoded)
+    def _unwrap(self, data: bytes) -> tuple[int, bytes, KVError | None]:
+        """The stamp and the command of an entry that is stamped, or meant for a stamped
+        range, or begins with 0xc1; or why the entry is refused."""
+        if data[:2] == STAMP_PREFIX and len(data) >= 10:
             (stamp,) = _U64.unpack_from(data, 2)
-            data = data[10:]
-        if bool(stamp) != self.stamped:
+            if not self.stamped:
+                why = f"a revision-stamped command on range {self.range_id}, which is unstamped"
+            elif not stamp:
+                why = "a revision stamp of 0"
+            else:
+                return stamp, data[10:], None
+        elif data[0] == 0xC1:  # ADMIN_PREFIX (the server's own entries), or damage
+            why = f"not a key-value command (it begins with {data[:2].hex()})"
+        else:
             why = (
-                "unstamped write on a stamped" if self.stamped else "stamped write on an unstamped"
+                f"an unstamped command on range {self.range_id}, whose writes must carry "
+                "revision stamps"
             )
-            return self._refuse(MalformedRequestError(f"{why} range"), encoded)
+        return 0, data, MalformedRequestError(why)
+
+    def _apply_one(self, txn: Any, ex: Executor, data: bytes, encoded: bool) -> Any:
+        # The hot path of an unstamped store: one byte and one flag checked, and
+        # nothing of stamps or bounds beyond two falsy tests.
+        stamp = 0
+        if data[0] == 0xC1 or self.stamped:
+            stamp, data, refused = self._unwrap(data)
+            if refused is not None:
+                return self._refuse(refused, encoded)
         try:
             cmd = decode_command(data)
         except KVError as e:
             return self._refuse(e, encoded)
-        sessions = self.engine.dbs.sessions
+        sessions = self._dbs.sessions
         session = self._sessions + _U64.pack(cmd.client)
         if cmd.client:
             last = txn.get(session, db=sessions)
@@ -317,13 +348,10 @@ class RangeStore:
                 err = OutOfRangeError(self.range_id, bad, self.start, self.end)
                 return self._refuse(err, encoded)
         result: Result
-        ex.stamp = stamp
         try:
-            result = ex.run(cmd.request)
+            result = ex.run(cmd.request, stamp)
         except KVError as e:
             result = e
-        finally:
-            ex.stamp = 0
         if not cmd.client:
             return encode_result(result) if encoded else result
         enc = encode_result(result)
@@ -331,8 +359,11 @@ class RangeStore:
         return enc if encoded else result
 
     def set_desc(self, index: int, desc: bytes) -> None:
-        """Record a new descriptor at applied index ``index`` (a replica change)."""
-        meta = self.engine.dbs.meta
+        """Record a new descriptor and move the applied index to ``index`` (a replica
+        change), in one transaction; an ``index`` at or below the applied index leaves
+        the applied index where it is."""
+        self._check_live()
+        meta = self._dbs.meta
         with self.engine.env.begin(write=True) as txn:
             txn.put(self._key(b"desc"), desc, db=meta)
             txn.put(self._key(b"applied"), _U64.pack(max(index, self._applied)), db=meta)
@@ -353,12 +384,21 @@ class RangeStore:
         applied index becomes ``index``; a new range ``child_id`` takes the rest, with
         the same revisions, this range's sessions (a write retried across the split is
         still answered once) and applied index ``child_applied``. One transaction; no
-        record is copied: only the in-memory index is cut."""
+        record is copied: only the in-memory index is cut. Raises ``KVError`` (nothing
+        changed) for a split key not strictly inside ``(start, end)``, a child id the
+        engine holds, an ``index`` not above the applied index, or an unstamped range
+        (the two halves would number their revisions alike: their records collide)."""
+        self._check_live()
         engine = self.engine
-        if not self.stamped:
-            raise KVError(f"range {self.range_id} is unstamped: only stamped ranges split")
         if not (self.start < split_key and _below_end(split_key, self.end)):
             raise KVError(f"range {self.range_id} cannot split at {split_key!r}")
+        if not self.stamped:
+            raise KVError(f"range {self.range_id} is unstamped: only stamped ranges split")
+        if index <= self._applied:
+            raise KVError(
+                f"range {self.range_id}: a split at index {index}, which is applied already "
+                f"(applied index {self._applied})"
+            )
         if child_id in engine.ranges() or engine.get_state(child_id) is not None:
             raise KVError(f"range {child_id} exists already")
         child = RangeStore(
@@ -393,6 +433,7 @@ class RangeStore:
         """Serve a read from the last applied state (linearizable when the caller waited
         for a ReadIndex first). Raises ``CompactedError``, ``FutureRevisionError`` or
         ``OutOfRangeError``."""
+        self._check_live()
         if not self._whole:
             bad = outside(req, self.start, self.end)
             if bad is not None:
@@ -412,140 +453,14 @@ class RangeStore:
         """Chunks (about 1 MiB each) of this range as it is now: the revisions its index
         holds are taken, and a read transaction opened, in this call; the chunks may be
         consumed later, on any thread, while writes go on. The first chunk names the
-        applied index (``snapshot_index``)."""
+        applied index (``snapshot_index``). Costs the caller one pass over the index
+        (a copy of its revisions); the sorting and reading happen as chunks are taken."""
+        self._check_live()
         engine = self.engine
-        revs = sorted(self._index.all_revs())
+        revs = self._index.all_revs()
         txn = engine.env.begin()
-        head = [
-            _SNAP_MAGIC, _SNAP_FORMAT, self._applied, self._revision, self._compacted,
-            self.start, self.end, self.desc, self.stamped,
-        ]  # fmt: skip
-        return _stream(txn, engine.dbs, head, revs, self._sessions)
-
-
-def _stream(txn: Any, dbs: Any, head: list[Any], revs: list[int], prefix: bytes) -> Iterator[bytes]:
-    try:
-        first = pack(head)
-        crc = zlib.crc32(first)
-        records = 0
-        yield first
-        batch: list[bytes] = []
-        size = 0
-
-        def flush(code: int) -> bytes:
-            nonlocal crc, batch, size
-            chunk = pack([code, batch])
-            crc = zlib.crc32(chunk, crc)
-            batch, size = [], 0
-            return chunk
-
-        for rev in revs:
-            k = rev_key(rev)
-            v = txn.get(k, db=dbs.rev)
-            assert v is not None, f"the index points at a missing revision {k.hex()}"
-            batch += (k, bytes(v))
-            size += len(v) + 24
-            records += 1
-            if size >= _SNAP_CHUNK:
-                yield flush(_RECORDS)
-        if batch:
-            yield flush(_RECORDS)
-        cur = txn.cursor(db=dbs.sessions)
-        ok = cur.set_range(prefix)
-        while ok and bytes(cur.key()).startswith(prefix):
-            v = bytes(cur.value())
-            batch += (bytes(cur.key())[8:], v)
-            size += len(v) + 16
-            records += 1
-            if size >= _SNAP_CHUNK:
-                yield flush(_SESSIONS)
-            ok = cur.next()
-        if batch:
-            yield flush(_SESSIONS)
-        yield pack(["end", records, crc])
-    finally:
-        txn.abort()
-
-
-def snapshot_index(first_chunk: bytes) -> int:
-    """The applied index a snapshot covers, read from its first chunk."""
-    head = unpack(first_chunk)
-    if not isinstance(head, list) or head[:2] != [_SNAP_MAGIC, _SNAP_FORMAT]:
-        raise SnapshotError("not a quorumkv range snapshot of a known format")
-    return int(head[2])
-
-
-def install_range(
-    engine: Engine,
-    txn: Any,
-    range_id: int,
-    old: RangeStore | None,
-    chunks: Iterable[bytes],
-    others: list[RangeStore],
-) -> RangeStore:
-    """Inside ``txn``: replace range ``range_id`` (``old``, if held) by the snapshot in
-    ``chunks``; the new ``RangeStore``, not yet registered. Raises ``SnapshotError`` (the
-    caller's transaction then aborts, so nothing changed)."""
-    it = iter(chunks)
-    first = next(it, None)
-    if first is None:
-        raise SnapshotError("empty snapshot")
-    snapshot_index(first)
-    try:
-        _, _, applied, revision, compacted, start, end, desc, stamped = unpack(first)
-    except (TypeError, ValueError) as e:
-        raise SnapshotError(f"bad snapshot head: {e!r}") from None
-    for other in others:
-        if (not other.end or start < other.end) and (not end or other.start < end):
-            raise SnapshotError(f"snapshot bounds overlap range {other.range_id}")
-    if old is not None:
-        old.delete_all(txn)
-    dbs = engine.dbs
-    crc = zlib.crc32(first)
-    records = 0
-    pairs: list[tuple[bytes, int]] = []
-    prefix = _U64.pack(range_id)
-    done = False
-    last = _RECORDS
-    for chunk in it:
-        if done:
-            raise SnapshotError("data after the end of the snapshot")
-        try:
-            doc = unpack(chunk)
-        except (ValueError, TypeError) as e:
-            raise SnapshotError(f"undecodable snapshot chunk: {e!r}") from None
-        if not isinstance(doc, list) or len(doc) < 2:
-            raise SnapshotError("malformed snapshot chunk")
-        if doc[0] == "end":
-            if doc[1:] != [records, crc]:
-                raise SnapshotError(
-                    f"snapshot damaged: {records} records, crc {crc}; "
-                    f"the sender counted {doc[1]}, crc {doc[2]}"
-                )
-            done = True
-            continue
-        crc = zlib.crc32(chunk, crc)
-        code, flat = doc
-        if code not in (_RECORDS, _SESSIONS) or code < last:
-            raise SnapshotError(f"snapshot chunk for unknown or misplaced part {code!r}")
-        last = code
-        items = list(zip(flat[::2], flat[1::2], strict=True))
-        records += len(items)
-        if code == _RECORDS:
-            for k, v in items:
-                if not txn.put(k, v, db=dbs.rev, overwrite=False):
-                    raise SnapshotError(f"snapshot record {bytes(k).hex()} exists already")
-                rec = unpack(v)
-                pairs.append((rec[0], rev_from_key(bytes(k), bool(rec[6]))))
-        else:
-            for k, v in items:
-                txn.put(prefix + k, v, db=dbs.sessions)
-    if not done:
-        raise SnapshotError("snapshot ended early (no end record)")
-    pairs.sort(key=lambda p: p[1])
-    new = RangeStore(
-        engine, range_id, start, end, desc=desc, stamped=bool(stamped), applied=applied,
-        revision=revision, compacted=compacted, index=KeyIndex.rebuild(pairs),
-    )  # fmt: skip
-    new.write_meta(txn)
-    return new
+        head = SnapHead(
+            self._applied, self._revision, self._compacted, self.start, self.end, self.desc,
+            self.stamped,
+        )  # fmt: skip
+        return stream(txn, self._dbs, head, revs, self._sessions)
