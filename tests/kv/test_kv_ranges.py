@@ -212,3 +212,43 @@ def test_a_whole_state_blob_survives_reopening(tmp_path: Path) -> None:
     with pytest.raises(KVError):
         e.put_state(2, 1, b"")
     e.close()
+
+
+def test_a_round_commits_every_range_at_once_and_an_abort_keeps_none(tmp_path: Path) -> None:
+    t = Two(tmp_path / "kv")
+    e = t.engine
+    e.begin_round()
+    t.apply(t.left, 1, 1, PutRequest(b"a", b"1"))
+    t.apply(t.right, 2, 1, PutRequest(b"z", b"1"))
+    t.apply(t.left, 1, 2, PutRequest(b"b", b"1"))  # a second batch of a range in one round
+    assert t.left.get(b"b") is not None  # reads inside the round see its writes
+    e.put_state(1, 5, b"meta")
+    e.end_round()
+    t.reopen()
+    assert [t.left.key_count(), t.right.key_count()] == [2, 1]
+    assert t.left.applied_index() == 2 and t.engine.get_state(1) == (5, b"meta")
+    e = t.engine
+    e.begin_round()
+    t.apply(t.left, 1, 3, PutRequest(b"c", b"1"))
+    t.apply(t.right, 2, 2, PutRequest(b"y", b"1"))
+    e.abort_round()
+    assert t.left.get(b"c") is None and t.right.get(b"y") is None
+    assert (t.left.applied_index(), t.right.applied_index()) == (2, 1)
+    t.reopen()
+    assert t.left.get(b"c") is None and t.left.applied_index() == 2
+    t.engine.close()
+
+
+def test_a_split_inside_a_round_commits_the_round_so_far_first(tmp_path: Path) -> None:
+    t = Two(tmp_path / "kv")
+    e = t.engine
+    e.begin_round()
+    t.apply(t.right, 3, 1, PutRequest(b"t", b"1"))
+    child = t.right.split(5, b"s", 4, desc_left=b"", desc_right=b"", child_applied=1)
+    assert e.round is not None and child.get(b"t") is not None
+    t.index[3] = 5
+    t.apply(t.right, 3, 2, PutRequest(b"n", b"1"))
+    e.end_round()
+    t.reopen()
+    assert t.engine.range(4).get(b"t") is not None and t.right.get(b"n") is not None
+    t.engine.close()

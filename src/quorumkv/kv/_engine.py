@@ -50,11 +50,12 @@ metadata mix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,11 @@ class Engine:
         )  # fmt: skip
         self._ranges: dict[int, RangeStore] = {}
         self._states: dict[int, tuple[int, bytes]] = {}
+        self.round: Any = None
+        """The write transaction of the open round (``begin_round``), or None."""
+        self.pending: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
+        """Per range applied in the open round: what to do once it commits, and what to
+        undo if it aborts."""
         self.orphans = 0
         """Records that no range held when the engine opened (deleted then)."""
         try:
@@ -247,6 +253,73 @@ class Engine:
                 index=KeyIndex.from_revs(revs, n),
             )
 
+    # -- rounds ----------------------------------------------------------------------
+
+    def begin_round(self) -> None:
+        """Open one write transaction that every ``RangeStore.apply`` and ``put_state``
+        joins until ``end_round``: one commit, and one fdatasync, for every group a
+        node's drive round applies (as the WAL's one fsync covers every group). Reads
+        meanwhile see the round's writes. Operations with transactions of their own
+        (a split, an install, a new range) commit the round so far first."""
+        assert self.round is None, "a round is open already"
+        self.round = self.env.begin(write=True)
+
+    def end_round(self) -> None:
+        """Commit the open round (nothing to do without one); then settle every range
+        applied in it. If the commit fails, they are undone and the error raised."""
+        txn, self.round = self.round, None
+        if txn is None:
+            return
+        pending, self.pending = self.pending, {}
+        try:
+            txn.commit()
+        except BaseException:
+            for _, undo in pending.values():
+                undo()
+            raise
+        for finish, _ in pending.values():
+            finish()
+
+    def abort_round(self) -> None:
+        """Abort the open round: nothing of it reaches the engine or the indexes."""
+        txn, self.round = self.round, None
+        pending, self.pending = self.pending, {}
+        if txn is not None:
+            txn.abort()
+        for _, undo in pending.values():
+            undo()
+
+    @contextlib.contextmanager
+    def outside_round(self) -> Iterator[None]:
+        """Commit the open round's work so far, run the body (which opens transactions
+        of its own), then open a new round if one was open."""
+        was = self.round is not None
+        if was:
+            self.end_round()
+        try:
+            yield
+        finally:
+            if was:
+                self.begin_round()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Any]:
+        """The open round's transaction (committed with it), or one of its own."""
+        if self.round is not None:
+            yield self.round
+        else:
+            with self.env.begin(write=True) as txn:
+                yield txn
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A transaction that sees every applied batch: the open round's, or a read one."""
+        if self.round is not None:
+            yield self.round
+        else:
+            with self.env.begin() as txn:
+                yield txn
+
     # -- groups ----------------------------------------------------------------------
 
     def ranges(self) -> list[int]:
@@ -298,7 +371,7 @@ class Engine:
             self, range_id, start, end, desc=desc, stamped=stamped, applied=applied,
             revision=revision, compacted=compacted, index=KeyIndex(),
         )  # fmt: skip
-        with self.env.begin(write=True) as txn:
+        with self.outside_round(), self.env.begin(write=True) as txn:
             rs.write_meta(txn)
         self._ranges[range_id] = rs
         return rs
@@ -313,7 +386,7 @@ class Engine:
         in one transaction. Its ``RangeStore`` refuses every call from then on. Raises
         ``KeyError`` for a range the engine does not hold."""
         rs = self._ranges[range_id]
-        with self.env.begin(write=True) as txn:
+        with self.outside_round(), self.env.begin(write=True) as txn:
             rs.delete_all(txn)
         del self._ranges[range_id]
         rs.dropped = True
@@ -337,7 +410,7 @@ class Engine:
         if why is not None:
             raise SnapshotError(f"the snapshot does not fit this engine: {why}")
         try:
-            with self.env.begin(write=True) as txn:
+            with self.outside_round(), self.env.begin(write=True) as txn:
                 if old is not None:
                     old.delete_all(txn)
                 index = install(txn, self.dbs, session_prefix(range_id), head, first, rest)
@@ -364,7 +437,7 @@ class Engine:
         if group in self._ranges:
             raise KVError(f"group {group} is a range of keys")
         meta = self.dbs.meta
-        with self.env.begin(write=True) as txn:
+        with self.writing() as txn:
             txn.put(meta_key(group, b"kind"), KIND_STATE, db=meta)
             txn.put(meta_key(group, b"applied"), _U64.pack(applied), db=meta)
             txn.put(meta_key(group, b"state"), blob, db=meta)
@@ -391,6 +464,7 @@ class Engine:
         self.env.sync(True)
 
     def close(self) -> None:
+        self.abort_round()
         self.env.close()
 
     def __enter__(self) -> Engine:

@@ -188,7 +188,7 @@ class RangeStore:
     def stats(self) -> dict[str, int]:
         """This range's records (``rev``), index revisions and keys, sessions, and the
         bytes of the whole engine file in use."""
-        with self.engine.env.begin() as txn:
+        with self.engine.reading() as txn:
             cur = txn.cursor(db=self.engine.dbs.sessions)
             sessions = 0
             ok = cur.set_range(self._sessions)
@@ -258,41 +258,90 @@ class RangeStore:
         nothing is applied). Raises ``StoreFullError`` (nothing applied) when the map
         is full."""
         self._check_live()
-        results: list[Result | None] = []
-        applied = self._applied
-        env, dbs = self.engine.env, self._dbs
+        engine = self.engine
+        if engine.round is not None:
+            return self._apply_in_round(engine.round, entries, encoded, before_commit)
         index = self._index
         index.begin()
         try:
-            with env.begin(write=True) as txn:
-                ex = Executor(
-                    txn, dbs, index, self._revision, self._compacted,
-                    append=not self.stamped, walk_index=not self._whole,
-                )  # fmt: skip
-                for i, data in entries:
-                    if i <= applied:
-                        results.append(None)
-                        continue
-                    applied = i
-                    results.append(self._apply_one(txn, ex, data, encoded) if data else None)
-                meta = dbs.meta
-                txn.put(self._key(b"applied"), _U64.pack(applied), db=meta)
-                txn.put(self._key(b"revision"), _U64.pack(ex.current), db=meta)
-                txn.put(self._key(b"compacted"), _U64.pack(ex.compacted), db=meta)
+            with engine.env.begin(write=True) as txn:
+                results, applied, ex = self._run(txn, entries, encoded)
                 if before_commit is not None:
                     before_commit(results)
         except lmdb.MapFullError:
             index.rollback()
-            raise StoreFullError(
-                f"{self.engine.path}: LMDB map is full; reopen with a larger "
-                f"map_size (now {env.info()['map_size']})"
-            ) from None
+            raise self._full() from None
         except BaseException:
             index.rollback()
             raise
         index.commit()
         self._applied, self._revision, self._compacted = applied, ex.current, ex.compacted
         return results
+
+    def _apply_in_round(
+        self,
+        txn: Any,
+        entries: Sequence[tuple[int, bytes]],
+        encoded: bool,
+        before_commit: Callable[[list[Any]], None] | None,
+    ) -> list[Any]:
+        """``apply`` inside the engine's open round (``Engine.begin_round``): the writes
+        join the round's one transaction; the index's journal and this range's state
+        are settled when the round commits, or undone if it aborts (which any failure
+        here does, for every range in the round)."""
+        engine = self.engine
+        index = self._index
+        if self.range_id not in engine.pending:
+            index.begin()
+            state = (self._applied, self._revision, self._compacted)
+
+            def undo() -> None:
+                index.rollback()
+                self._applied, self._revision, self._compacted = state
+
+            engine.pending[self.range_id] = (index.commit, undo)
+        try:
+            results, applied, ex = self._run(txn, entries, encoded)
+            if before_commit is not None:
+                before_commit(results)
+        except lmdb.MapFullError:
+            engine.abort_round()
+            raise self._full() from None
+        except BaseException:
+            engine.abort_round()
+            raise
+        self._applied, self._revision, self._compacted = applied, ex.current, ex.compacted
+        return results
+
+    def _run(
+        self, txn: Any, entries: Sequence[tuple[int, bytes]], encoded: bool
+    ) -> tuple[list[Any], int, Executor]:
+        """Apply ``entries`` inside ``txn``: the results, the applied index, the executor
+        (its revisions)."""
+        results: list[Result | None] = []
+        applied = self._applied
+        dbs = self._dbs
+        ex = Executor(
+            txn, dbs, self._index, self._revision, self._compacted,
+            append=not self.stamped, walk_index=not self._whole,
+        )  # fmt: skip
+        for i, data in entries:
+            if i <= applied:
+                results.append(None)
+                continue
+            applied = i
+            results.append(self._apply_one(txn, ex, data, encoded) if data else None)
+        meta = dbs.meta
+        txn.put(self._key(b"applied"), _U64.pack(applied), db=meta)
+        txn.put(self._key(b"revision"), _U64.pack(ex.current), db=meta)
+        txn.put(self._key(b"compacted"), _U64.pack(ex.compacted), db=meta)
+        return results, applied, ex
+
+    def _full(self) -> StoreFullError:
+        return StoreFullError(
+            f"{self.engine.path}: LMDB map is full; reopen with a larger "
+            f"map_size (now {self.engine.env.info()['map_size']})"
+        )
 
     def _refuse(self, err: KVError, encoded: bool) -> Any:
         return encode_result(err) if encoded else err
@@ -364,7 +413,7 @@ class RangeStore:
         the applied index where it is."""
         self._check_live()
         meta = self._dbs.meta
-        with self.engine.env.begin(write=True) as txn:
+        with self.engine.outside_round(), self.engine.env.begin(write=True) as txn:
             txn.put(self._key(b"desc"), desc, db=meta)
             txn.put(self._key(b"applied"), _U64.pack(max(index, self._applied)), db=meta)
         self.desc = desc
@@ -407,7 +456,7 @@ class RangeStore:
             index=KeyIndex(),
         )  # fmt: skip
         dbs = engine.dbs
-        with engine.env.begin(write=True) as txn:
+        with engine.outside_round(), engine.env.begin(write=True) as txn:
             child.write_meta(txn)
             cur = txn.cursor(db=dbs.sessions)
             copies = []
@@ -440,7 +489,7 @@ class RangeStore:
                 raise OutOfRangeError(self.range_id, bad, self.start, self.end)
         current = self._revision
         engine = self.engine
-        with engine.env.begin() as txn:
+        with engine.reading() as txn:
             return read_range(txn, engine.dbs, self._index, req, current, self._compacted, current)
 
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
@@ -457,6 +506,7 @@ class RangeStore:
         (a copy of its revisions); the sorting and reading happen as chunks are taken."""
         self._check_live()
         engine = self.engine
+        assert engine.round is None, "a snapshot is taken between rounds, not inside one"
         revs = self._index.all_revs()
         txn = engine.env.begin()
         head = SnapHead(

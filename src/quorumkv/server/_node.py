@@ -32,9 +32,10 @@ iteration is handled as one batch:
       durable, covers every group;
    c. every other message is queued; the links are flushed, one frame per peer:
       acknowledgements leave before anything is applied;
-   d. each replica applies its committed entries in one LMDB transaction, answering
-      their writers before it commits, serves the reads whose index is applied, and
-      calls ``advance``;
+   d. each replica applies its committed entries, answering their writers, serves the
+      reads whose index is applied, and calls ``advance``; every replica's applies
+      share ONE engine transaction (``Engine.begin_round``), committed once all are
+      done: one commit and one fdatasync per round, however many groups applied;
 
 3. flush every client connection's answers with one write each; compact any log due.
 
@@ -492,8 +493,11 @@ class Node:
             c.replica.send_late(c)
         # Acks leave before this node applies: applying is off the commit path.
         self._flush_links()
+        # Every group's applies share one engine transaction: one commit per round.
+        self.engine.begin_round()
         for c in cycles:
             c.replica.finish(c)
+        self.engine.end_round()
         self.metrics.ready_seconds.observe(time.perf_counter() - t0)
         return True
 
