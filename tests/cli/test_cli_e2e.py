@@ -105,12 +105,12 @@ def spawned() -> Iterator[list[subprocess.Popen[str]]]:
         p.wait()
 
 
-def up(data_dir: Path, spawned: list[subprocess.Popen[str]], log: Path) -> list[str]:
+def up(data_dir: Path, spawned: list[subprocess.Popen[str]], log: Path, *extra: str) -> list[str]:
     """Start ``qkv up`` and wait for its banner; the client endpoints it printed."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "quorumkv.cli", "up", "--data-dir", str(data_dir),
-             "--base-port", "0"],
+             "--base-port", "0", *extra],
             stdout=out, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
     spawned.append(proc)
@@ -175,3 +175,24 @@ def test_ranges_split_and_status_on_a_sharded_cluster() -> None:
         assert unsharded.returncode == 0  # still the sharded cluster: one endpoint will do
     finally:
         c.stop()
+
+
+def test_qkv_up_sharded_founds_a_sharded_cluster_that_comes_back_sharded(
+    tmp_path: Path, spawned: list[subprocess.Popen[str]]
+) -> None:
+    data = tmp_path / "data"
+    eps = ",".join(up(data, spawned, tmp_path / "up1.log", "--sharded", "--nodes", "1"))
+    assert "qkv split hello" in (tmp_path / "up1.log").read_text()
+    assert qkv("put", "kept", "yes", "--endpoints", eps).returncode == 0
+    split = qkv("split", "k", "--endpoints", eps)
+    assert split.returncode == 0, split.stderr
+    stop_up(spawned[0], tmp_path / "up1.log")
+    again = ",".join(up(data, spawned, tmp_path / "up2.log"))  # no --sharded: from cluster.json
+    assert "qkv split hello" in (tmp_path / "up2.log").read_text()
+    ranges = qkv("ranges", "--endpoints", again)
+    assert ranges.returncode == 0, ranges.stderr
+    assert [r.split()[1:3] for r in ranges.stdout.splitlines()[1:]] == [
+        ["(start)", "k"], ["k", "(end)"]]  # fmt: skip
+    got = qkv("get", "kept", "--endpoints", again)
+    assert (got.returncode, got.stdout) == (0, "yes\n")
+    stop_up(spawned[1], tmp_path / "up2.log")

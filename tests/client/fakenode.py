@@ -13,14 +13,20 @@ Faults are scripted per node: ``faults`` is a queue consumed one per request,
 ``always`` applies when the queue is empty. A fault is an answer ``(code, body)`` sent
 instead of doing the work, or one of ``DROP`` (close without doing anything),
 ``DROP_AFTER`` (do the work, then close without answering), ``SILENT`` (never
-answer) or ``GARBLED`` (answer as the server does to a frame it cannot parse:
-``[None, ERR_BAD_REQUEST, why]``, then close). ``refuse`` refuses handshakes with
+answer), ``GARBLED`` (answer as the server does to a frame it cannot parse:
+``[None, ERR_BAD_REQUEST, why]``, then close), or ``After(code, body)`` (do the work,
+then answer that instead: a leader that applied a write but says the outcome is
+unknown). ``refuse`` refuses handshakes with
 that message; ``reorder = n`` holds answers until n are ready and sends them in
 reverse. Everything a node received is in ``seen``; ``wait_seen(n)`` waits for the
 n-th request without sleeping.
 
 ``ThreadedCluster`` runs a cluster on a loop of its own in a thread, for the blocking
-client.
+client (``Threaded`` runs any backend so, such as ``fakeshard.FakeShardedCluster``).
+
+A node does the protocol and the faults; what a request does is its cluster's
+(``Backend.work``), so the same node serves an unsharded cluster (``FakeCluster``) or a
+sharded one (``fakeshard``).
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from quorumkv.errors import KVError
 from quorumkv.kv import Command, MVCCStore, RangeRequest, decode_command, encode_result
@@ -45,6 +51,8 @@ from quorumkv.net import (
     OK,
     OP_MEMBER_ADD,
     OP_MEMBER_REMOVE,
+    OP_RANGE_READ,
+    OP_RANGE_WRITE,
     OP_READ,
     OP_STATUS,
     OP_TRANSFER,
@@ -59,7 +67,17 @@ from quorumkv.net import (
 T = TypeVar("T")
 
 DROP, DROP_AFTER, SILENT, GARBLED = "drop", "drop-after", "silent", "garbled"
-Fault = tuple[int, Any] | str
+
+
+@dataclass(frozen=True)
+class After:
+    """A fault: do the work, then answer ``(code, body)`` instead of its answer."""
+
+    code: int
+    body: Any
+
+
+Fault = tuple[int, Any] | str | After
 CLUSTER_ID = 0x5EED
 
 
@@ -78,9 +96,19 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     return unpack(await reader.readexactly(int.from_bytes(head, "big")))
 
 
+class Backend(Protocol):
+    """What a fake node serves: an unsharded or a sharded cluster."""
+
+    sharded: bool
+
+    def work(self, node: FakeNode, seen: Seen) -> tuple[int, Any]:
+        """The answer ``(code, body)`` to one request that ``node`` received."""
+        ...
+
+
 @dataclass
 class FakeNode:
-    cluster: FakeCluster
+    cluster: Backend
     node_id: int
     faults: deque[Fault] = field(default_factory=deque)
     always: Fault | None = None
@@ -130,7 +158,7 @@ class FakeNode:
             if reason:
                 writer.write(encode(refuse(ERR_PROTOCOL, reason)))
                 return
-            writer.write(encode(accept(self.node_id, CLUSTER_ID)))
+            writer.write(encode(accept(self.node_id, CLUSTER_ID, self.cluster.sharded)))
             while True:
                 req_id, op, body = await _read_frame(reader)
                 if not self._handle(writer, req_id, op, body):
@@ -148,6 +176,10 @@ class FakeNode:
             seen.command = decode_command(body)
         elif op == OP_READ:
             seen.command, seen.serializable = decode_command(body[0]), body[1]
+        elif op == OP_RANGE_WRITE:
+            seen.command = decode_command(body[2])
+        elif op == OP_RANGE_READ:
+            seen.command, seen.serializable = decode_command(body[2]), body[3]
         self.seen.append(seen)
         self._event.set()
         fault = self.faults.popleft() if self.faults else self.always
@@ -160,8 +192,11 @@ class FakeNode:
             return False
         if isinstance(fault, tuple):
             answer = fault
+        elif isinstance(fault, After):
+            self.cluster.work(self, seen)
+            answer = (fault.code, fault.body)
         else:
-            answer = self._work(seen)
+            answer = self.cluster.work(self, seen)
             if fault == DROP_AFTER:
                 return False
         frame = encode([req_id, *answer])
@@ -175,11 +210,24 @@ class FakeNode:
             writer.write(frame)
         return True
 
-    def _work(self, seen: Seen) -> tuple[int, Any]:
-        cl = self.cluster
+
+class FakeCluster:
+    """``n`` fake nodes (ids 1..n) sharing one store; ``leader`` 0: none elected."""
+
+    sharded = False
+
+    def __init__(self, path: Path, n: int = 1, leader: int = 1) -> None:
+        self.store = MVCCStore(path / "kv", map_size=1 << 26, sync=False)
+        self.index = 0
+        self.leader = leader
+        self.nodes = {i: FakeNode(self, i) for i in range(1, n + 1)}
+        self.members: list[dict[str, Any]] = []
+
+    def work(self, node: FakeNode, seen: Seen) -> tuple[int, Any]:
+        cl = self
         if seen.op == OP_STATUS:
-            return OK, cl.status(self.node_id)
-        if self.node_id != cl.leader and not seen.serializable:
+            return OK, cl.status(node.node_id)
+        if node.node_id != cl.leader and not seen.serializable:
             return ERR_NOT_LEADER, [cl.leader, cl.addr_of(cl.leader)]
         if seen.op == OP_WRITE:
             assert seen.command is not None
@@ -209,17 +257,6 @@ class FakeNode:
             cl.leader = to
             return OK, {"leader": to}
         return ERR_BAD_REQUEST, f"unknown op {seen.op}"
-
-
-class FakeCluster:
-    """``n`` fake nodes (ids 1..n) sharing one store; ``leader`` 0: none elected."""
-
-    def __init__(self, path: Path, n: int = 1, leader: int = 1) -> None:
-        self.store = MVCCStore(path / "kv", map_size=1 << 26, sync=False)
-        self.index = 0
-        self.leader = leader
-        self.nodes = {i: FakeNode(self, i) for i in range(1, n + 1)}
-        self.members: list[dict[str, Any]] = []
 
     def __getitem__(self, node_id: int) -> FakeNode:
         return self.nodes[node_id]
@@ -278,23 +315,38 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main(), debug=True)
 
 
-class ThreadedCluster:
-    """A ``FakeCluster`` served by an event loop in a thread of its own."""
+class AsyncBackend(Protocol):
+    async def __aenter__(self) -> Self: ...
 
-    def __init__(self, path: Path, n: int = 1, leader: int = 1) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+B = TypeVar("B", bound=AsyncBackend)
+
+
+class Threaded(Generic[B]):
+    """A fake cluster, made by ``make`` on an event loop of its own in a thread, for
+    the blocking client (and the CLI, which uses it)."""
+
+    def __init__(self, make: Callable[[], B]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._path, self._n, self._leader = path, n, leader
-        self.cluster: FakeCluster
+        self._make = make
+        self.cluster: B
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
-    def __enter__(self) -> FakeCluster:
+    def __enter__(self) -> B:
         self._thread.start()
 
-        async def start() -> FakeCluster:
-            return await FakeCluster(self._path, self._n, self._leader).__aenter__()
+        async def start() -> B:
+            return await self._make().__aenter__()
 
         self.cluster = self.call(start())
         return self.cluster
@@ -309,3 +361,10 @@ class ThreadedCluster:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+class ThreadedCluster(Threaded[FakeCluster]):
+    """A ``FakeCluster`` served by an event loop in a thread of its own."""
+
+    def __init__(self, path: Path, n: int = 1, leader: int = 1) -> None:
+        super().__init__(lambda: FakeCluster(path, n, leader))

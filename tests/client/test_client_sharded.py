@@ -1,14 +1,17 @@
-"""The client on a real sharded cluster: routing by range, splits under it, scans, deletes
-and compactions across ranges, transactions refused across ranges, automatic splits."""
+"""The client on a real sharded cluster (``qkv server --sharded``): routing by range,
+splits under it, scans, deletes and compactions across ranges, transactions refused
+across ranges, automatic splits, and concurrent writers through splits."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from typing import Any
 
 import pytest
 
+from quorumkv.client import AsyncClient
 from quorumkv.errors import ClientError, CompactedError, CrossRangeError
 from quorumkv.kv import ALL_KEYS, PutRequest, SortOrder, SortTarget
 
@@ -39,7 +42,7 @@ def test_the_client_routes_through_splits_and_across_ranges(sharded: Any) -> Non
         cl.split(_key(10))
         for i in range(1, 200, 2):
             other.put(_key(i), b"v%d" % i)
-        assert other.get(_key(199)).value == b"v199"  # type: ignore[union-attr]
+        assert other.get(_key(199)).value == b"v199"
     assert [(d.start, d.end) for d in cl.ranges()] == [
         (b"", _key(10)),
         (_key(10), _key(50)),
@@ -62,10 +65,10 @@ def test_the_client_routes_through_splits_and_across_ranges(sharded: Any) -> Non
     assert newest.kvs[0].mod_revision == max(kv.mod_revision for kv in everything.kvs)
     # A transaction inside one range is atomic; across ranges it is refused unsent.
     cl.txn([], [PutRequest(_key(11), b"t"), PutRequest(_key(12), b"t")])
-    assert cl.get(_key(12)).value == b"t"  # type: ignore[union-attr]
+    assert cl.get(_key(12)).value == b"t"
     with pytest.raises(CrossRangeError, match="spans 2 ranges"):
         cl.txn([], [PutRequest(_key(1), b"x"), PutRequest(_key(100), b"x")])
-    assert cl.get(_key(1)).value == b"v1"  # type: ignore[union-attr]
+    assert cl.get(_key(1)).value == b"v1"
     # A delete across ranges runs range by range.
     gone = cl.delete(_key(40), _key(60))
     assert gone.deleted == 20
@@ -112,3 +115,34 @@ def test_an_unsharded_cluster_has_no_ranges_to_show(make_cluster: Any) -> None:
     cluster = make_cluster(1)
     with cluster.client(timeout=10) as cl, pytest.raises(ClientError, match="not sharded"):
         cl.ranges()
+
+
+def test_writers_through_splits_apply_each_write_exactly_once(make_cluster: Any) -> None:
+    cluster = make_cluster(3, sharded=True, tick_ms=20)
+    keys = [b"w%02d" % i for i in range(12)]
+    writes = 30
+
+    async def main() -> None:
+        async with AsyncClient(cluster.endpoints, timeout=30) as kv:
+
+            async def writer(key: bytes) -> None:
+                for n in range(writes):
+                    await kv.put(key, b"%d" % n)
+
+            async def splitter() -> None:
+                async with AsyncClient(cluster.endpoints, timeout=30) as admin:
+                    for key in keys[1::2]:
+                        await admin.split(key)
+                        await asyncio.sleep(0.02)
+
+            await asyncio.gather(*(writer(k) for k in keys), splitter())
+            got = await kv.range(b"w", prefix=True)
+            # Every put was acknowledged once and applied once: version == puts.
+            assert [(p.key, p.value, p.version) for p in got.kvs] == [
+                (k, b"%d" % (writes - 1), writes) for k in keys
+            ]
+            assert got.count == len(keys)
+            assert [d.start for d in await kv.ranges()] == [b"", *keys[1::2]]
+            assert len(kv.shards.pool) <= 3  # one connection per node for every range
+
+    asyncio.run(main())

@@ -83,6 +83,20 @@ def test_explicit_settings_that_disagree_with_the_record_are_refused(tmp_path: P
         LocalCluster(3, tmp_path, base_port=9001).start()
 
 
+def test_sharding_is_decided_when_the_cluster_is_founded(tmp_path: Path) -> None:
+    for name in ("u", "s"):
+        (tmp_path / name).mkdir()
+    write_spec(tmp_path / "u", new_spec("127.0.0.1", 3, None, None))
+    with pytest.raises(ServerError, match="holds an unsharded cluster: sharding is decided"):
+        LocalCluster(data_dir=tmp_path / "u", sharded=True).start()
+    write_spec(tmp_path / "s", new_spec("127.0.0.1", 3, None, None, sharded=True))
+    with pytest.raises(ServerError, match="holds a sharded cluster"):
+        LocalCluster(data_dir=tmp_path / "s", sharded=False).start()
+    # Before start a cluster says what was asked; cluster.json is read by start.
+    assert not LocalCluster(data_dir=tmp_path / "s").sharded
+    assert LocalCluster(sharded=True).sharded
+
+
 def test_a_directory_in_use_is_refused(tmp_path: Path) -> None:
     with (
         _lock_dir(tmp_path),
@@ -169,4 +183,18 @@ def test_a_data_dir_brings_the_same_cluster_back(tmp_path: Path) -> None:
         assert (again.endpoints, again.token) == (endpoints, token)
         with again.client() as c:
             kv = c.get("kept")
+    assert kv is not None and kv.value == b"yes"
+
+
+def test_a_sharded_data_dir_comes_back_sharded_without_being_told(tmp_path: Path) -> None:
+    with LocalCluster(3, tmp_path / "c", sharded=True) as first:
+        assert first.sharded and "--sharded" in first._argv(first.nodes[1])
+        with first.client() as c:
+            c.put("kept", "yes")
+            c.split("k")
+    with LocalCluster(data_dir=tmp_path / "c") as again:
+        assert again.sharded and "--sharded" in again._argv(again.nodes[1])
+        with again.client() as c:
+            kv = c.get("kept")
+            assert [d.start for d in c.ranges()] == [b"", b"k"]
     assert kv is not None and kv.value == b"yes"

@@ -79,6 +79,21 @@ def test_cluster_json_round_trips(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [SPEC_FILE]  # no temporary file left
 
 
+def test_cluster_json_records_whether_the_cluster_is_sharded(tmp_path: Path) -> None:
+    spec = new_spec("127.0.0.1", 3, None, None, sharded=True)
+    write_spec(tmp_path, spec)
+    assert json.loads((tmp_path / SPEC_FILE).read_text())["sharded"] is True
+    back = read_spec(tmp_path)
+    assert back is not None and back.sharded is True
+    assert new_spec("127.0.0.1", 1, None, None).sharded is False
+    # A file written before the field existed does not say: None, whatever is asked.
+    doc = json.loads((tmp_path / SPEC_FILE).read_text())
+    del doc["sharded"]
+    (tmp_path / SPEC_FILE).write_text(json.dumps(doc))
+    old = read_spec(tmp_path)
+    assert old is not None and old.sharded is None
+
+
 @pytest.mark.parametrize(
     ("doc", "why"),
     [
@@ -94,6 +109,8 @@ def test_cluster_json_round_trips(tmp_path: Path) -> None:
           "nodes": [{"id": 1, "addr": "a", "http": "h"}] * 2}, "one node id appears twice"),
         ({"format": 1, "token": "t", "founding_peers": "1=a", "base_port": 7001,
           "nodes": [{"id": 1, "addr": "a", "http": "h"}]}, "both be set or both null"),
+        ({"format": 1, "token": "t", "founding_peers": "1=a", "sharded": "yes",
+          "nodes": [{"id": 1, "addr": "a", "http": "h"}]}, "sharded must be true, false"),
     ],
 )  # fmt: skip
 def test_a_damaged_cluster_json_is_named(tmp_path: Path, doc: object, why: str) -> None:

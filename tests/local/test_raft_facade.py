@@ -39,6 +39,34 @@ def test_the_seeds_whole_example_writes_through_raft_and_reads_through_sharding(
     assert proc.stdout == "{'name': 'Alice', 'age': 30}\n"
 
 
+SEED_AS_BRIEFED = """
+from quorumkv import raft, sharding
+cluster = raft.Cluster(nodes=3)
+cluster.start()
+def update_data(key, value):
+    cluster.update_data(key, value)
+update_data('user:1', {'name': 'Alice', 'age': 30})
+sharded_cluster = sharding.Cluster(nodes=3)
+sharded_cluster.start()
+sharded_cluster.update_data('user:1', {'name': 'Alice', 'age': 30})
+print(sharded_cluster.get_data('user:1'))
+sharded_cluster.stop()
+cluster.stop()
+"""
+
+
+def test_the_seed_example_writing_through_both_views_prints_the_record() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SEED_AS_BRIEFED],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "{'name': 'Alice', 'age': 30}\n"
+
+
 def test_views_share_one_deployment_until_the_last_stops(tmp_path: Path) -> None:
     a = raft.Cluster(nodes=1)
     b = sharding.Cluster(nodes=1)

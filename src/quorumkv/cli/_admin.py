@@ -3,23 +3,27 @@ sharded cluster, ``qkv ranges`` and ``qkv split``.
 
 ``status`` asks every member for its status through the client, then each reachable
 node's own ``/health`` (the node's verdict, not one recomputed here), and prints a
-table; on a sharded cluster, then how many ranges each node holds and leads.
-``ranges`` prints the directory's ranges with what their leaders report (keys,
-applied index). Thin: parse, call, print.
+table; on a sharded cluster (whose table rows are about the meta range) then, per node,
+how many ranges of keys it holds and which it leads. ``ranges`` prints the directory's
+ranges with what their leaders report (keys, size, applied index); ``split`` sends an
+operator's split to the leader of the range holding the key and prints both halves.
+Thin: parse, call, print.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from quorumkv.cli._common import ArgumentParser, connect
 from quorumkv.cli._render import (
+    META_NOTE,
     RANGES_HEADERS,
     RANGES_PER_NODE_HEADERS,
     STATUS_HEADERS,
+    leaders_report,
     members_table,
     range_json,
     range_rows,
@@ -44,6 +48,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(table(STATUS_HEADERS, status_rows(statuses, health)))
     if any(s.get("sharded") for s in statuses):
         print()
+        print(META_NOTE)
         print(table(RANGES_PER_NODE_HEADERS, ranges_per_node_rows(statuses)))
     return 0
 
@@ -52,25 +57,13 @@ def cmd_ranges(args: argparse.Namespace) -> int:
     with connect(args) as c:
         descs = c.ranges()
         statuses = c.cluster_status()
+    led = leaders_report(descs, statuses)
     if args.json:
-        doc = [
-            {**range_json(d), **led} for d, led in zip(descs, _led(descs, statuses), strict=True)
-        ]
+        doc = [{**range_json(d), **info} for d, info in zip(descs, led, strict=True)]
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
-    print(table(RANGES_HEADERS, range_rows(descs, _led(descs, statuses))))
+    print(table(RANGES_HEADERS, range_rows(descs, led)))
     return 0
-
-
-def _led(descs: Sequence[Any], statuses: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per range: what the node leading it says of it (keys, applied index)."""
-    by_id: dict[int, dict[str, Any]] = {}
-    for st in statuses:
-        for r in st.get("ranges", []) if "error" not in st else []:
-            if r.get("role") == "leader":
-                by_id[int(r["id"])] = {"keys": r.get("keys"), "applied": r.get("applied"),
-                                       "leader": st.get("id")}  # fmt: skip
-    return [by_id.get(int(d.range_id), {}) for d in descs]
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -135,10 +128,10 @@ def register(sub: Any, common: ArgumentParser) -> None:
     p = sub.add_parser(
         "ranges",
         parents=[common],
-        help="a sharded cluster's ranges: bounds, replicas, leader, keys",
+        help="a sharded cluster's ranges: bounds, replicas, leader, keys, size",
         description="Show the ranges of keys of a sharded cluster, in key order: their "
-        "bounds, descriptor version, replicas, the node leading each, and the keys and "
-        "applied index its leader reports.",
+        "bounds, descriptor version, replicas, the node leading each, and the keys, size "
+        "and applied index its leader reports ('-' where it does not say).",
     )
     p.add_argument("--json", action="store_true", help="print the ranges as JSON")
     p.set_defaults(func=cmd_ranges)

@@ -24,9 +24,18 @@ STATUS_HEADERS = ("ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
 """``LAG``: how far the node's applied index is behind the leader's commit index."""
 
 
-RANGES_HEADERS = ("RANGE", "START", "END", "VERSION", "REPLICAS", "LEADER", "KEYS", "APPLIED")
-"""``qkv ranges``: the directory's ranges, with what their leaders report."""
-RANGES_PER_NODE_HEADERS = ("NODE", "RANGES", "LEADS")
+RANGES_HEADERS = (
+    "RANGE", "START", "END", "VERSION", "REPLICAS", "LEADER", "KEYS", "SIZE", "APPLIED"
+)  # fmt: skip
+"""``qkv ranges``: the directory's ranges, with what their leaders report (``-`` where
+the leader did not answer, or its status does not say)."""
+RANGES_PER_NODE_HEADERS = ("NODE", "RANGES", "LEADS", "LEADER OF")
+"""``qkv status`` on a sharded cluster: per node, the ranges of keys it holds a replica
+of, how many it leads, and which."""
+META_NOTE = (
+    "This cluster is sharded: ROLE, TERM, LEADER, COMMIT and APPLIED above are the meta "
+    "range's (group 1). Each range of keys has a leader of its own ('qkv ranges'):"
+)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -169,14 +178,27 @@ def _key_text(key: bytes, end: bool = False) -> str:
 
 def range_rows(descs: Sequence[Any], led: Sequence[Mapping[str, Any]]) -> list[list[object]]:
     """One row per range (``shard.RangeDescriptor``) for ``RANGES_HEADERS``; ``led`` is,
-    per range, what its leader's status says (``keys``, ``applied``, ``leader``)."""
+    per range, what its leader's status says of it (``leader``, ``keys``, ``bytes``,
+    ``applied``); without it the leader is the directory's hint."""
     rows: list[list[object]] = []
     for d, info in zip(descs, led, strict=True):
         replicas = ",".join(f"{r.node_id}{'(learner)' if r.learner else ''}" for r in d.replicas)
         leader = info.get("leader") or (int(d.leader) or None)
+        size = info.get("bytes")
         rows.append([d.range_id, _key_text(d.start), _key_text(d.end, True), d.epoch.version,
-                     replicas, leader, info.get("keys"), info.get("applied")])  # fmt: skip
+                     replicas, leader, info.get("keys"), None if size is None else _size(size),
+                     info.get("applied")])  # fmt: skip
     return rows
+
+
+def _size(n: int) -> str:
+    """Bytes for a person: ``512 B``, ``1.5 KiB``, ``3.0 MiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def range_json(desc: Any) -> dict[str, Any]:
@@ -192,13 +214,32 @@ def range_json(desc: Any) -> dict[str, Any]:
     }
 
 
-def ranges_per_node_rows(statuses: Sequence[Mapping[str, Any]]) -> list[list[object]]:
-    """Per reachable node of a sharded cluster: ranges of keys held, and led."""
-    rows: list[list[object]] = []
+def leaders_report(
+    descs: Sequence[Any], statuses: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per range: what the node that leads it says of it in its status (``leader``,
+    ``keys``, ``bytes``, ``applied``); ``{}`` when no reachable node leads it."""
+    by_id: dict[int, dict[str, Any]] = {}
     for st in statuses:
         if "error" in st:
             continue
-        ranges = st.get("ranges", [])
-        led = sum(1 for r in ranges if r.get("role") == "leader")
-        rows.append([st.get("id"), len(ranges), led])
+        for r in st.get("ranges") or ():
+            if isinstance(r, Mapping) and r.get("role") == "leader" and "id" in r:
+                info = {name: r.get(name) for name in ("keys", "bytes", "applied")}
+                by_id[int(r["id"])] = {"leader": st.get("id"), **info}
+    return [by_id.get(int(d.range_id), {}) for d in descs]
+
+
+def ranges_per_node_rows(statuses: Sequence[Mapping[str, Any]]) -> list[list[object]]:
+    """Per node of a sharded cluster, in id order, for ``RANGES_PER_NODE_HEADERS``: the
+    ranges of keys it holds, how many it leads and their ids (an unreachable node: its
+    error)."""
+    rows: list[list[object]] = []
+    for st in sorted(statuses, key=lambda s: int(s.get("id", 0))):
+        if "error" in st:
+            rows.append([st.get("id"), None, None, f"unreachable: {st['error']}"])
+            continue
+        ranges = [r for r in st.get("ranges") or () if isinstance(r, Mapping)]
+        led = sorted(int(r["id"]) for r in ranges if r.get("role") == "leader" and "id" in r)
+        rows.append([st.get("id"), len(ranges), len(led), ",".join(map(str, led)) or None])
     return rows

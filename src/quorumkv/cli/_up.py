@@ -81,7 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.data_dir,
         base_port=base_port,
         http_base_port=http_base_port,
-        sharded=args.sharded,
+        sharded=True if args.sharded else None,  # a reused dir keeps what it was founded as
     )
     with _sigterm_as_interrupt():
         print(f"qkv: starting nodes in {os.path.abspath(args.data_dir)} ...", flush=True)
@@ -169,8 +169,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--sharded",
         action="store_true",
-        help="found a sharded cluster: a meta range and ranges of keys that split "
-        "(decided when the cluster is founded)",
+        help="found a sharded cluster: a meta range and ranges of keys that split, each "
+        "its own Raft group (decided when the cluster is founded; a data dir that holds "
+        "one comes back sharded without it)",
     )
     p.add_argument(
         "--start-timeout",

@@ -19,6 +19,12 @@ What a caller can rely on:
   and then raises by its last failure: ``NotLeaderError``, ``UnavailableError``,
   ``TooManyRequestsError`` or ``RequestTimeoutError`` (then a write's outcome is
   unknown). Every write is applied at most once, also across those retries.
+- On a sharded cluster (the handshake says so) the same methods route each request to
+  the leader of the range holding its keys, from a cache of the ranges that stale
+  answers refresh; a write keeps its one session and sequence number across every
+  reroute. A scan or delete over several ranges runs range by range (a delete is atomic
+  per range only); a transaction over several ranges raises ``CrossRangeError`` before
+  anything is sent. ``ranges()`` and ``split(key)`` exist for sharded clusters only.
 - Requests are validated before they are sent: an oversized value raises
   ``KVLimitError``, a malformed one ``MalformedRequestError``, without network I/O.
   What the state machine refuses (compacted or future revisions, limits) raises the
@@ -28,9 +34,11 @@ What a caller can rely on:
 Modules, bottom up: ``_conn`` (one pipelined connection), ``_lanes`` (exactly-once
 sessions), ``_policy`` (what each answer code means for a retry), ``_requests``
 (arguments to requests, answers to responses), ``_route`` (connections, routing and
-the retry loop), ``_aio`` (the asyncio API), ``_sync`` (the blocking shell). The
-package depends on ``quorumkv.kv``, ``quorumkv.net`` and ``quorumkv.errors`` only,
-never on the server.
+the retry loop), ``_pool`` (one connection per node for every range), ``_scan`` (reads
+over several ranges), ``_shards`` (routing by range), ``_aio`` (the asyncio API),
+``_sync`` (the blocking shell). The
+package depends on ``quorumkv.kv``, ``quorumkv.net``, ``quorumkv.shard`` (range
+descriptors and the range cache) and ``quorumkv.errors`` only, never on the server.
 """
 
 from quorumkv.client._aio import AsyncClient

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -64,12 +63,11 @@ from quorumkv.kv._codec import encode_get, encode_put, encode_request
 from quorumkv.net import (
     OP_MEMBER_ADD,
     OP_MEMBER_REMOVE,
-    OP_SPLIT,
     OP_STATUS,
     OP_TRANSFER,
     parse_address,
 )
-from quorumkv.shard import RangeCache, RangeDescriptor
+from quorumkv.shard import RangeDescriptor
 
 
 class AsyncClient(Router):
@@ -355,35 +353,20 @@ class AsyncClient(Router):
         unsharded cluster."""
         await self._require_sharded(timeout)
         s, e = to_bytes("start", start) if start else b"", to_bytes("end", end) if end else b""
-        deadline = time.monotonic() + self._budget(timeout)
-        self.shards.cache = RangeCache()
-        await self.shards.refresh(s, e, deadline)
-        return await self.shards.spans(s, e, deadline)
+        att = self.shards.attempt(timeout, "ranges")
+        self.shards.reset()
+        await self.shards.refresh(s, e, att)
+        return await self.shards.spans(s, e, att)
 
     async def split(
         self, key: Data, *, timeout: float | None = None
     ) -> tuple[RangeDescriptor, RangeDescriptor]:
         """Split the range holding ``key`` so that a new range starts at ``key`` (an
-        operator's split; the cluster also splits ranges by size and load). Returns the
-        two ranges. A split is not retried once sent: on a timeout, look at ``ranges``."""
+        operator's split; the cluster also splits ranges by size and load), at that
+        range's leader. Returns the two ranges. A split is not sent again once a try's
+        outcome is unknown: then ``RequestTimeoutError``; look at ``ranges``."""
         await self._require_sharded(timeout)
-        k = to_bytes("key", key)
-        deadline = time.monotonic() + self._budget(timeout)
-        self.shards.cache = RangeCache()
-        desc = await self.shards.locate(k, deadline)
-        router = self.shards.router(desc)
-        body = [desc.range_id, desc.epoch.version, k]
-        answer, at = await router._call(
-            OP_SPLIT, body, timeout, "split", idempotent=False, slow=True
-        )
-        doc = expect_dict(answer, "a split answer", at)
-        try:
-            left = RangeDescriptor.from_wire(doc["left"])
-            right = RangeDescriptor.from_wire(doc["right"])
-        except Exception as e:
-            raise ProtocolError(f"{at} sent an unreadable split answer: {e!r}") from None
-        self.shards.cache.update([left, right])
-        return left, right
+        return await self.shards.split(to_bytes("key", key), timeout)
 
     async def _require_sharded(self, timeout: float | None) -> None:
         if self.sharded is None:

@@ -29,6 +29,13 @@ are tracked in ``_tasks``. ``close`` cancels them, aborts every connection (so e
 request in flight fails with a ``ClientError`` saying the client was closed) and wakes
 every backoff; afterwards nothing of the router is left running.
 
+On a sharded cluster (the first handshake says so: ``sharded``) the client's own router
+keeps only the cluster-wide operations (status, range lookups, membership); reads and
+writes go by range (``_shards``), which builds one router per range on the shared
+connections of a ``Pool``. A pooled router leaves a connection open when it merely
+stops routing its range to that node (a redirect, no leader of its range there): the
+other ranges still use it. The unsharded hot path pays one attribute test for all this.
+
 The router binds to the event loop of its first call and must be used from that loop
 only. It never builds a request or interprets a result (``_aio`` does), never
 installs an event loop policy and never logs on success; it logs at DEBUG level when
@@ -58,6 +65,7 @@ from quorumkv.client._policy import (
     parse_not_leader,
     terminal_error,
 )
+from quorumkv.client._pool import Pool
 from quorumkv.client._requests import decode, expect, expect_dict, parse_endpoints
 from quorumkv.errors import (
     ClientError,
@@ -69,7 +77,6 @@ from quorumkv.errors import (
     UnavailableError,
 )
 from quorumkv.kv import RangeRequest, RangeResponse, Result, decode_command
-from quorumkv.kv._codec import encode_request
 from quorumkv.net import (
     ERR_NOT_LEADER,
     ERR_SHUTTING_DOWN,
@@ -78,7 +85,6 @@ from quorumkv.net import (
     ERR_UNAVAILABLE,
     ERR_WRONG_RANGE,
     OK,
-    OP_RANGE_READ,
     OP_RANGE_WRITE,
     OP_READ,
     OP_STATUS,
@@ -110,15 +116,18 @@ class _Sharded(Exception):
 
 class WrongRangeSignal(Exception):
     """A node holds no replica of the range a request named (ERR_WRONG_RANGE): the
-    sharded layer above refreshes its range cache and routes the request again."""
+    sharded layer above refreshes its range cache and routes the request again.
+    ``unknown``: an earlier try of this call may have been applied (a write's session
+    then answers its retry, wherever the range went)."""
 
-    def __init__(self, addr: str, body: object) -> None:
+    def __init__(self, addr: str, body: object, unknown: bool) -> None:
         super().__init__(f"{addr}: wrong range")
         self.addr = addr
         self.body = body
+        self.unknown = unknown
 
 
-def _closed_error() -> ClientError:
+def closed_error() -> ClientError:
     return ClientError(
         "the client was closed while the request was in flight "
         "(a write may or may not have been applied)"
@@ -136,6 +145,7 @@ class Router:
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        pool: Pool | None = None,
     ) -> None:
         if not timeout > 0 or not connect_timeout > 0 or not attempt_timeout > 0:
             raise ValueError(
@@ -162,14 +172,17 @@ class Router:
         self._conns: set[Connection] = set()
         self._dialing: asyncio.Task[Connection] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.route: tuple[int, int] | None = None
-        """Set on the router of one range of a sharded cluster: (range id, version)
-        that its writes and reads carry (``OP_RANGE_WRITE``, ``OP_RANGE_READ``)."""
+        self._pool = pool
+        """Set on the router of one range of a sharded cluster: its connections are the
+        client's, one per node, shared with the other ranges' routers."""
         self.sharded: bool | None = None
         """Whether the cluster is sharded, from the first handshake (None: unknown)."""
         self.shards: Shards | None = None
         """The client's routing by range (``_shards``), used once ``sharded`` is True;
         None on the per-range routers themselves."""
+        self._by_range: Shards | None = None
+        """``shards`` once a handshake said the cluster is sharded: the one attribute
+        the unsharded hot path tests."""
 
     @property
     def endpoints(self) -> list[str]:
@@ -195,7 +208,7 @@ class Router:
         self._conns.clear()
         self._conn = None
         for conn in conns:
-            conn.abort(_closed_error)
+            conn.abort(closed_error)
         if tasks:
             await asyncio.wait(tasks)
         for conn in conns:
@@ -209,25 +222,17 @@ class Router:
         """A write whose command ``encode(client, seq, *args)`` makes for the session
         lane it goes out on (``encode_put``, ``encode_request``); raises what ``encode``
         raises for a bad request, before any I/O."""
-        shards = self.shards
-        if shards is not None and self.sharded:
-            req = args[0] if encode is encode_request else None
-            return await shards.write(timeout, what, req, encode, *args)
+        by_range = self._by_range
+        if by_range is not None:
+            return await by_range.write(timeout, what, encode, *args)
         lanes = self._lanes
         lane = lanes.take()
         try:
             body = encode(lane.client, lane.seq, *args)
-            route = self.route
-            if route is None:
-                answer, addr = await self._call(OP_WRITE, body, timeout, what)
-            else:
-                answer, addr = await self._call(
-                    OP_RANGE_WRITE, [route[0], route[1], body], timeout, what
-                )
+            answer, addr = await self._call(OP_WRITE, body, timeout, what)
         except _Sharded:
-            assert shards is not None
-            req = args[0] if encode is encode_request else None
-            return await shards.write(timeout, what, req, encode, *args)
+            assert self.shards is not None
+            return await self.shards.write(timeout, what, encode, *args)
         finally:
             lanes.give(lane)
         return decode(answer, addr), addr
@@ -237,20 +242,15 @@ class Router:
     ) -> RangeResponse:
         """A read of the range request encoded in ``command`` (``encode_get``,
         ``encode_request(0, 0, req)``)."""
-        shards = self.shards
-        if shards is not None and self.sharded:
-            return await self._shard_read(shards, command, serializable, timeout, what)
-        route = self.route
-        if route is None:
-            body: list[Any] = [command, bool(serializable)]
-            try:
-                answer, addr = await self._call(OP_READ, body, timeout, what)
-            except _Sharded:
-                assert shards is not None
-                return await self._shard_read(shards, command, serializable, timeout, what)
-        else:
-            body = [route[0], route[1], command, bool(serializable)]
-            answer, addr = await self._call(OP_RANGE_READ, body, timeout, what)
+        by_range = self._by_range
+        if by_range is not None:
+            return await self._shard_read(by_range, command, serializable, timeout, what)
+        body: list[Any] = [command, bool(serializable)]
+        try:
+            answer, addr = await self._call(OP_READ, body, timeout, what)
+        except _Sharded:
+            assert self.shards is not None
+            return await self._shard_read(self.shards, command, serializable, timeout, what)
         return expect(decode(answer, addr), RangeResponse, addr)
 
     async def _shard_read(
@@ -311,7 +311,7 @@ class Router:
         unknown = False
         while True:
             if self._closed:
-                raise _closed_error()
+                raise closed_error()
             conn = self._conn
             if conn is None or not conn.usable:
                 fresh = False
@@ -374,14 +374,14 @@ class Router:
                     if redirects <= MAX_IMMEDIATE_REDIRECTS:
                         continue
                 else:
-                    self._drop(conn, detail)
+                    self._drop(conn, detail, dead=False)
             elif code in (ERR_UNAVAILABLE, ERR_SHUTTING_DOWN):
                 failure = Failure(Kind.UNAVAILABLE, f"{conn.addr}: {message(answer)}")
-                self._drop(conn, failure.detail)
+                self._drop(conn, failure.detail, dead=code == ERR_SHUTTING_DOWN)
             elif code == ERR_TOO_MANY:
                 failure = Failure(Kind.TOO_MANY, f"{conn.addr}: {message(answer)}")
-            elif code == ERR_WRONG_RANGE:
-                raise WrongRangeSignal(conn.addr, answer)
+            elif code == ERR_WRONG_RANGE and self._pool is not None:  # a range's router
+                raise WrongRangeSignal(conn.addr, answer, unknown)
             elif code == ERR_TIMEOUT:
                 detail = f"{conn.addr}: {message(answer)}"
                 if not idempotent:
@@ -417,7 +417,7 @@ class Router:
         assert self._closing is not None
         await asyncio.wait((self._closing,), timeout=delay)
         if self._closed:
-            raise _closed_error()
+            raise closed_error()
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -443,21 +443,28 @@ class Router:
         try:
             try:
                 dial_timeout = min(self._connect_timeout, self._attempt_timeout)
-                conn = await open_connection(addr, dial_timeout, self._lost)
+                if self._pool is None:
+                    conn = await open_connection(addr, dial_timeout, self._lost)
+                else:
+                    conn = await self._pool.get(addr, dial_timeout)
             except Unreachable as e:
                 log.debug("quorumkv client: cannot connect: %s", e)
                 if self._leader_addr == addr:
                     self._leader_addr = None
                 raise
             if self._cluster and conn.cluster and conn.cluster != self._cluster:
-                conn.close()
+                if self._pool is None:
+                    conn.close()
                 raise ProtocolError(
                     f"{addr} is a node of cluster {conn.cluster:016x}, but the client's "
                     f"other nodes are of cluster {self._cluster:016x}: check the endpoints"
                 )
             self._cluster = self._cluster or conn.cluster
             self.sharded = conn.sharded
-            self._conns.add(conn)
+            if conn.sharded and self.shards is not None:
+                self._by_range = self.shards
+            if self._pool is None:
+                self._conns.add(conn)
             self._conn = conn
             return conn
         finally:
@@ -484,16 +491,39 @@ class Router:
             self._addrs.append(leader_addr)
         if self._conn is conn:
             self._conn = None
-            conn.retire()
+            if self._pool is None:  # a pooled connection still serves other ranges
+                conn.retire()
 
-    def _drop(self, conn: Connection, reason: str) -> None:
-        """Stop routing to ``conn``'s node; the next dial rotates to another."""
+    def _drop(self, conn: Connection, reason: str, *, dead: bool = True) -> None:
+        """Stop routing to ``conn``'s node; the next dial rotates to another. ``dead``
+        False: the node is up but cannot serve this router's requests now (no leader of
+        its range there), so a pooled connection stays open for the other ranges."""
         log.debug("quorumkv client: leaving %s: %s", conn.addr, reason)
         if self._leader_addr == conn.addr:
             self._leader_addr = None
         if self._conn is conn:
             self._conn = None
-        conn.retire()
+        if dead or self._pool is None:
+            conn.retire()
+
+    def _avoid(self, addr: str) -> None:
+        """``addr`` holds no replica of this router's range (ERR_WRONG_RANGE): route
+        the next try elsewhere, leaving a pooled connection to the other ranges."""
+        if self._leader_addr == addr:
+            self._leader_addr = None
+        conn = self._conn
+        if conn is not None and conn.addr == addr:
+            self._conn = None
+            if self._pool is None:
+                conn.retire()
+
+    def _retarget(self, addrs: Sequence[str], leader_addr: str | None) -> None:
+        """The addresses of this range's replicas, from a fresh descriptor: the ones
+        to rotate through, and the leader it names unless a redirect named one."""
+        if addrs:
+            self._addrs = list(dict.fromkeys(addrs))
+        if self._leader_addr is None and leader_addr is not None:
+            self._leader_addr = leader_addr
 
     def _learn(self, status: dict[str, Any]) -> None:
         """Add the members' addresses in a status to those the client rotates through,
@@ -537,7 +567,7 @@ class Router:
                 (task, self._closing), timeout=remaining, return_when="FIRST_COMPLETED"
             )
         if self._closed or task.cancelled():
-            raise _closed_error()
+            raise closed_error()
         if not task.done():
             raise Expired()
 

@@ -66,8 +66,12 @@ class LocalCluster:
     is an error. ``data_dir=None`` uses a temporary directory that ``stop`` removes.
     ``base_port=None`` lets the kernel pick free ports; ``base_port=P`` puts node ``i`` on
     ``P + i - 1`` and its HTTP server on ``http_base_port + i - 1`` (default ``P + 1000``).
-    A reused directory keeps its ports and token. ``extra_args`` are appended to every
-    node's command line; ``env`` adds to (or overrides) the inherited environment.
+    A reused directory keeps its ports and token. ``sharded=True`` founds a sharded
+    cluster (``--sharded``: a meta range and ranges of keys, each range its own Raft
+    group); it is recorded in ``cluster.json``, so ``sharded=None`` (the default) brings
+    a reused directory back as it was founded, and an explicit value that disagrees is
+    an error. ``extra_args`` are appended to every node's command line; ``env`` adds to
+    (or overrides) the inherited environment.
 
     ``with LocalCluster() as c:`` starts it (if not started) and stops it on exit.
     Not thread-safe: drive it from one thread.
@@ -84,7 +88,7 @@ class LocalCluster:
         tick_ms: int = 50,
         election_ticks: int = 10,
         snapshot_entries: int | None = None,
-        sharded: bool = False,
+        sharded: bool | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         stop_timeout: float = 10.0,
@@ -101,8 +105,7 @@ class LocalCluster:
         self._tick_ms = tick_ms
         self._election_ticks = election_ticks
         self._snapshot_entries = snapshot_entries
-        self.sharded = sharded
-        """Found a sharded cluster (``qkv server --sharded``): a meta range and ranges."""
+        self._sharded_arg = sharded
         self._extra_args = tuple(extra_args)
         self._env = dict(env or {})
         self.stop_timeout = stop_timeout
@@ -124,6 +127,15 @@ class LocalCluster:
         if self._dir is None:
             raise RuntimeError("the cluster has not been started")
         return self._dir
+
+    @property
+    def sharded(self) -> bool:
+        """A sharded cluster (``qkv server --sharded``: a meta range and ranges of keys),
+        as its ``cluster.json`` records once started, else as asked."""
+        spec = self._spec
+        if spec is not None and spec.sharded is not None:
+            return spec.sharded
+        return bool(self._sharded_arg)
 
     @property
     def token(self) -> str:
@@ -380,7 +392,13 @@ class LocalCluster:
             self._check_reuse(spec)
             self.created = False
             return spec
-        spec = new_spec(self.host, self._want_nodes or 3, self._base_port, self._http_base_port)
+        spec = new_spec(
+            self.host,
+            self._want_nodes or 3,
+            self._base_port,
+            self._http_base_port,
+            bool(self._sharded_arg),
+        )
         write_spec(self._dir, spec)
         self.created = True
         return spec
@@ -389,6 +407,14 @@ class LocalCluster:
         """An existing cluster is brought back as recorded; refuse explicit settings
         that disagree with the record rather than silently ignoring them."""
         where = f"data dir {self._dir} holds a cluster"
+        asked = self._sharded_arg
+        if asked is not None and spec.sharded is not None and asked != spec.sharded:
+            kind = "a sharded cluster" if spec.sharded else "an unsharded cluster"
+            raise ServerError(
+                f"data dir {self._dir} holds {kind}: sharding is decided when a cluster is "
+                f"founded; leave the sharded setting out to bring it back, or use another "
+                f"data dir"
+            )
         if self._want_nodes is not None and self._want_nodes != len(spec.nodes):
             raise ServerError(
                 f"{where} of {len(spec.nodes)} nodes, not {self._want_nodes}: "

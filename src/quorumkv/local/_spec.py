@@ -1,7 +1,9 @@
 """What a local cluster *is*, independent of whether it runs: ``cluster.json``.
 
-A ``ClusterSpec`` names the cluster token and, for every node, its id, its client/peer
-address, its HTTP address and whether it joined later (was started with ``--join``).
+A ``ClusterSpec`` names the cluster token, whether the cluster is sharded (founded with
+``--sharded``: a meta range and ranges of keys, decided once), and, for every node, its
+id, its client/peer address, its HTTP address and whether it joined later (was started
+with ``--join``).
 ``LocalCluster`` writes it into the data directory before it starts any process, so
 that starting again on the same directory brings the same cluster back: same ports,
 same token, same node ids, each node on its own data.
@@ -64,6 +66,9 @@ class ClusterSpec:
     founding_peers: str
     base_port: int | None = None
     http_base_port: int | None = None
+    sharded: bool | None = False
+    """Founded with ``--sharded``; None: not recorded (a file written before this field
+    existed), so whatever the caller asks is taken."""
 
     def __post_init__(self) -> None:
         if (self.base_port is None) != (self.http_base_port is None):
@@ -102,6 +107,7 @@ class ClusterSpec:
             "founding_peers": self.founding_peers,
             "base_port": self.base_port,
             "http_base_port": self.http_base_port,
+            "sharded": self.sharded,
             "nodes": [
                 {"id": n.id, "addr": n.addr, "http": n.http, "join": n.join} for n in self.nodes
             ],
@@ -132,6 +138,9 @@ class ClusterSpec:
             raise bad("base_port and http_base_port must be integers or null")
         if (base is None) != (http_base is None):
             raise bad("base_port and http_base_port must both be set or both null")
+        sharded = doc.get("sharded")
+        if not (sharded is None or isinstance(sharded, bool)):
+            raise bad("sharded must be true, false or null")
         specs: list[NodeSpec] = []
         for n in nodes:
             if not isinstance(n, dict):
@@ -146,7 +155,7 @@ class ClusterSpec:
         if len({n.id for n in specs}) != len(specs):
             raise bad("one node id appears twice")
         specs.sort(key=lambda n: n.id)
-        return ClusterSpec(token, tuple(specs), founding, base, http_base)
+        return ClusterSpec(token, tuple(specs), founding, base, http_base, sharded)
 
 
 def new_token() -> str:
@@ -218,7 +227,11 @@ def free_node(host: str, node_id: int, *, join: bool = False) -> NodeSpec:
 
 
 def new_spec(
-    host: str, nodes: int, base_port: int | None, http_base_port: int | None
+    host: str,
+    nodes: int,
+    base_port: int | None,
+    http_base_port: int | None,
+    sharded: bool = False,
 ) -> ClusterSpec:
     """A new cluster of ``nodes`` nodes, ids 1..nodes, with a fresh token."""
     if nodes < 1:
@@ -231,10 +244,10 @@ def new_spec(
             NodeSpec(i, _join(host, ports[2 * i - 2]), _join(host, ports[2 * i - 1]))
             for i in range(1, nodes + 1)
         )
-        return ClusterSpec(new_token(), specs, _peers(specs))
+        return ClusterSpec(new_token(), specs, _peers(specs), sharded=sharded)
     http_base = base_port + 1000 if http_base_port is None else http_base_port
     specs = tuple(fixed_node(host, i, base_port, http_base) for i in range(1, nodes + 1))
-    return ClusterSpec(new_token(), specs, _peers(specs), base_port, http_base)
+    return ClusterSpec(new_token(), specs, _peers(specs), base_port, http_base, sharded)
 
 
 def _peers(nodes: Iterable[NodeSpec]) -> str:
