@@ -72,5 +72,5 @@ def test_kill_the_meta_leader_while_ranges_split_under_load(make_cluster: Any) -
             st = cluster.nodes[victim].status()
             return bool(st) and {r["id"] for r in st["ranges"]} == {d.range_id for d in descs}
 
-        wait_for("the restarted node to hold every range", restarted_has_every_range)
+        wait_for("the restarted node to hold every range", restarted_has_every_range, timeout=120)
         assert time.monotonic() < deadline

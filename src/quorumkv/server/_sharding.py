@@ -453,6 +453,13 @@ class Shards:
         r = self._range(conn, req_id, rid, version)
         if r is None:
             return
+        desc = r.sm.desc
+        if desc is not None and key != desc.start and not desc.contains(key):
+            # Routed by a stale cache (the range split since): say where to go.
+            wrong = WrongRange(desc.range_id, Epoch(0, max(0, int(version))), (desc,))
+            node.reply_error(conn, req_id, ERR_WRONG_RANGE, wrong.to_wire())
+            node.flush_clients()
+            return
         try:
             if r.raw.raft.role is not Role.LEADER:
                 r.not_leader(conn, req_id)
