@@ -64,7 +64,7 @@ import lmdb
 from quorumkv.kv._codec import unpack
 from quorumkv.kv._errors import KVError, SnapshotError
 from quorumkv.kv._exec import Dbs
-from quorumkv.kv._index import KeyIndex, rev_from_key
+from quorumkv.kv._index import KeyIndex, append_rev, rev_from_key
 from quorumkv.kv._range import RangeStore
 from quorumkv.kv._snap import install, read_head
 
@@ -224,16 +224,8 @@ class Engine:
                 if i < 0 or (ends[i] and key >= ends[i]):
                     orphans.append(bytes(k))
                     continue
-            rev = rev_from_key(bytes(k), bool(doc[6]))
-            revs = maps[i]
             counts[i] += 1
-            old = revs.get(key)
-            if old is None:
-                revs[key] = rev
-            elif type(old) is int:
-                revs[key] = [old, rev]
-            else:
-                old.append(rev)
+            append_rev(maps[i], key, rev_from_key(bytes(k), bool(doc[6])))
         self.orphans = len(orphans)
         if orphans:
             log.warning("%s: %d records belong to no range; deleted", self.path, len(orphans))

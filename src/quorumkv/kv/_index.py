@@ -58,6 +58,18 @@ def rev_from_key(key: bytes, tombstone: bool) -> int:
     return make_rev(main, sub, tombstone)
 
 
+def append_rev(revs: dict[bytes, Any], key: bytes, rev: int) -> None:
+    """Add ``rev``, above every revision ``key`` has in ``revs``, in the index's form:
+    an int for a key with one revision, a list for more."""
+    old = revs.get(key)
+    if old is None:
+        revs[key] = rev
+    elif type(old) is int:
+        revs[key] = [old, rev]
+    else:
+        old.append(rev)
+
+
 def upper(at: int) -> int:
     """The smallest revision int above every revision whose main is ``at``."""
     return (at + 1) << _MAIN_SHIFT
@@ -82,13 +94,7 @@ class KeyIndex:
         n = 0
         for key, rev in records:
             n += 1
-            old = revs.get(key)
-            if old is None:
-                revs[key] = rev
-            elif type(old) is int:
-                revs[key] = [old, rev]
-            else:
-                old.append(rev)
+            append_rev(revs, key, rev)
         return cls.from_revs(revs, n)
 
     @classmethod

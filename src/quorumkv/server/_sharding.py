@@ -305,11 +305,28 @@ class Shards:
         if r is None:
             d = self.directory
             known = d.get(RangeId(int(rid))) if d is not None else None
-            hint = (known,) if known is not None else ()
-            wrong = WrongRange(RangeId(int(rid)), Epoch(0, max(0, int(version))), hint)
-            self.node.reply_error(conn, req_id, ERR_WRONG_RANGE, wrong.to_wire())
-            return None
+            self._wrong_range(conn, req_id, int(rid), version, known)
         return r
+
+    def _wrong_range(
+        self, conn: ClientConn, req_id: Any, rid: int, version: Any, hint: RangeDescriptor | None
+    ) -> None:
+        """Answer ERR_WRONG_RANGE for a request routed to range ``rid`` at ``version``,
+        with ``hint`` (what this node knows of that range now) if any."""
+        epoch = Epoch(0, max(0, int(version)))
+        wrong = WrongRange(RangeId(rid), epoch, (hint,) if hint is not None else ())
+        self.node.reply_error(conn, req_id, ERR_WRONG_RANGE, wrong.to_wire())
+
+    def _rpc(self, node_id: int) -> RpcConn | None:
+        """The connection to node ``node_id`` (made, or re-aimed at its current address);
+        None if its address is unknown."""
+        addr = self.node.members.get(node_id)
+        if addr is None:
+            return None
+        rpc = self.rpcs.get(node_id)
+        if rpc is None or rpc.addr != addr:
+            rpc = self.rpcs[node_id] = RpcConn(addr)
+        return rpc
 
     def _ranges(self, conn: ClientConn, req_id: Any, body: Any) -> None:
         start, end = body
@@ -394,10 +411,7 @@ class Shards:
             try:
                 if meta.raw.raft.role is Role.LEADER:
                     code, res = await self._propose(meta, data)
-                elif lead and lead in node.members:
-                    rpc = self.rpcs.get(lead)
-                    if rpc is None or rpc.addr != node.members[lead]:
-                        rpc = self.rpcs[lead] = RpcConn(node.members[lead])
+                elif lead and (rpc := self._rpc(lead)) is not None:
                     code, res = await rpc.call(OP_META, ["propose", data])
                     if code == OK:
                         res = result_from_wire(res)
@@ -456,8 +470,7 @@ class Shards:
         desc = r.sm.desc
         if desc is not None and key != desc.start and not desc.contains(key):
             # Routed by a stale cache (the range split since): say where to go.
-            wrong = WrongRange(desc.range_id, Epoch(0, max(0, int(version))), (desc,))
-            node.reply_error(conn, req_id, ERR_WRONG_RANGE, wrong.to_wire())
+            self._wrong_range(conn, req_id, desc.range_id, version, desc)
             node.flush_clients()
             return
         try:
@@ -663,12 +676,9 @@ class Shards:
             self.request(conn, req_id, op, body)  # type: ignore[arg-type]
             code, res = await asyncio.wait_for(fut, 30.0)
         else:
-            addr = node.members.get(lead)
-            if addr is None:
+            rpc = self._rpc(lead)
+            if rpc is None:
                 return
-            rpc = self.rpcs.get(lead)
-            if rpc is None or rpc.addr != addr:
-                rpc = self.rpcs[lead] = RpcConn(addr)
             code, res = await rpc.call(op, body, timeout=30.0)
         if code != OK:
             log.info("node %d (placement): %s did not happen: %s", node.node_id, what, res)
