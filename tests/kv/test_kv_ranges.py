@@ -252,3 +252,49 @@ def test_a_split_inside_a_round_commits_the_round_so_far_first(tmp_path: Path) -
     t.reopen()
     assert t.engine.range(4).get(b"t") is not None and t.right.get(b"n") is not None
     t.engine.close()
+
+
+def test_a_round_left_open_is_joined_and_committed_by_sync_or_a_snapshot(tmp_path: Path) -> None:
+    t = Two(tmp_path / "kv")
+    e = t.engine
+    e.begin_round()
+    t.apply(t.left, 1, 1, PutRequest(b"a", b"1"))
+    e.begin_round()  # a later drive round joins the open transaction
+    t.apply(t.left, 1, 2, PutRequest(b"b", b"1"))
+    assert e.round_entries == 2 and e.stats()["rev"] == 2  # stats read the open round
+    e.sync()  # what a log compaction calls before dropping the log
+    assert e.round is None
+    e.begin_round()
+    t.apply(t.right, 2, 1, PutRequest(b"x", b"1"))
+    chunks = list(t.right.snapshot())  # commits first: its read transaction sees x
+    assert e.round is None
+    other = Engine(tmp_path / "other", map_size=MAP)
+    restored = other.restore_range(3, iter(chunks))
+    assert restored.get(b"x") is not None
+    other.close()
+    e.begin_round()
+    t.apply(t.left, 1, 3, PutRequest(b"c", b"1"))
+    e.close()  # without a commit the open round is lost: the log must replay it
+    e = Engine(tmp_path / "kv", map_size=MAP)
+    assert e.range(2).applied_index() == 2 and e.range(2).get(b"c") is None
+    e.close()
+
+
+def test_an_engine_whose_commit_failed_refuses_new_rounds(tmp_path: Path) -> None:
+    t = Two(tmp_path / "kv")
+    e = t.engine
+    e.begin_round()
+    t.apply(t.left, 1, 1, PutRequest(b"a", b"1"))
+
+    class Failing:
+        def commit(self) -> None:
+            raise OSError("EIO")
+
+    real, e.round = e.round, Failing()
+    with pytest.raises(OSError):
+        e.end_round()
+    real.abort()
+    assert t.left.get(b"a") is None and t.left.applied_index() == 0
+    with pytest.raises(KVError, match="a commit failed"):
+        e.begin_round()
+    e.close()

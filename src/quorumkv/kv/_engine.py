@@ -169,6 +169,10 @@ class Engine:
         self.pending: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         """Per range applied in the open round: what to do once it commits, and what to
         undo if it aborts."""
+        self.round_entries = 0
+        """Entries applied in the open round (``RangeStore.apply`` counts them)."""
+        self.broken: BaseException | None = None
+        """Why a round's commit failed: the engine then refuses every new round."""
         self.orphans = 0
         """Records that no range held when the engine opened (deleted then)."""
         try:
@@ -249,12 +253,19 @@ class Engine:
 
     def begin_round(self) -> None:
         """Open one write transaction that every ``RangeStore.apply`` and ``put_state``
-        joins until ``end_round``: one commit, and one fdatasync, for every group a
-        node's drive round applies (as the WAL's one fsync covers every group). Reads
-        meanwhile see the round's writes. Operations with transactions of their own
-        (a split, an install, a new range) commit the round so far first."""
-        assert self.round is None, "a round is open already"
-        self.round = self.env.begin(write=True)
+        joins until ``end_round``, or join the one open already: one commit, and one
+        fdatasync, for every group and every drive round of the node up to then (as
+        the WAL's one fsync covers every group). A node under a WAL may leave the round
+        open across drive rounds and commit it on a timer, as etcd batches its backend
+        commits: what is applied but not committed is in the log, and ``sync`` (which a
+        log compaction calls first) commits it. Reads meanwhile see the round's writes
+        (``reading``). Operations with transactions of their own (a split, an install,
+        a new range, a snapshot) commit the round so far first."""
+        if self.round is None:
+            if self.broken is not None:
+                raise KVError(f"{self.path}: a commit failed ({self.broken}); reopen the store")
+            self.round = self.env.begin(write=True)
+            self.round_entries = 0
 
     def end_round(self) -> None:
         """Commit the open round (nothing to do without one); then settle every range
@@ -265,9 +276,12 @@ class Engine:
         pending, self.pending = self.pending, {}
         try:
             txn.commit()
-        except BaseException:
+        except BaseException as e:
             for _, undo in pending.values():
                 undo()
+            # Applies were answered before this commit; the engine cannot go on from
+            # a state its owner has moved past, so it refuses all from now on.
+            self.broken = e
             raise
         for finish, _ in pending.values():
             finish()
@@ -443,7 +457,7 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Records, metadata values and sessions of every group, and the bytes of the
         LMDB file in use."""
-        with self.env.begin() as txn:
+        with self.reading() as txn:
             out = {n: int(txn.stat(getattr(self.dbs, n))["entries"]) for n in _DB_NAMES}
         info, stat = self.env.info(), self.env.stat()
         out["used_bytes"] = int((info["last_pgno"] + 1) * stat["psize"])
@@ -452,7 +466,9 @@ class Engine:
 
     def sync(self) -> None:
         """Make every committed transaction durable (a store opened with
-        ``metasync=False`` calls this before the log under it is dropped)."""
+        ``metasync=False`` calls this before the log under it is dropped), the open
+        round's included."""
+        self.end_round()
         self.env.sync(True)
 
     def close(self) -> None:

@@ -300,6 +300,7 @@ class RangeStore:
                 self._applied, self._revision, self._compacted = state
 
             engine.pending[self.range_id] = (index.commit, undo)
+        engine.round_entries += len(entries)
         try:
             results, applied, ex = self._run(txn, entries, encoded)
             if before_commit is not None:
@@ -506,7 +507,7 @@ class RangeStore:
         (a copy of its revisions); the sorting and reading happen as chunks are taken."""
         self._check_live()
         engine = self.engine
-        assert engine.round is None, "a snapshot is taken between rounds, not inside one"
+        engine.end_round()  # the snapshot's read transaction sees committed data only
         revs = self._index.all_revs()
         txn = engine.env.begin()
         head = SnapHead(
