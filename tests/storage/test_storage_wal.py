@@ -103,6 +103,48 @@ def test_snapshot_index_must_not_go_down(open_wal: Opener) -> None:
         wal.append_ready(G1, ready(snapshot=snap(3)))
 
 
+def test_a_reset_keeps_term_and_vote_and_lets_a_lower_snapshot_in(open_wal: Opener) -> None:
+    """A replica deleted from this node (its range moved away) and created again later:
+    the old log and snapshot go, the term and vote stay, and the leader's snapshot may
+    be older than the one the node had."""
+    wal = open_wal(segment_bytes=400)
+    wal.append_ready(G1, ready(snapshot=snap(50), hard_state=hs(4, 2, 50)))
+    wal.append_ready(G1, ready(ents(51, 60, term=4, size=40), hs(4, 2, 60)))
+    wal.sync()
+    wal.reset(G1, hs(4, 2, 0))
+    wal.sync()
+    assert wal.load(G1) == RaftState(hs(4, 2, 0))
+    wal.append_ready(G1, ready(snapshot=snap(20, term=5), hard_state=hs(5, 0, 20)))
+    wal.append_ready(G1, ready(ents(21, 22, term=5), hs(5, 0, 22)))
+    wal.sync()
+    for w in (wal, open_wal(segment_bytes=400)):  # the same after a replay
+        st = w.load(G1)
+        assert st.snapshot is not None and st.snapshot.meta.index == 20
+        assert st.entries == ents(21, 22, term=5) and st.hard_state == hs(5, 0, 22)
+
+
+def test_records_before_a_reset_pin_no_segment(open_wal: Opener) -> None:
+    wal = open_wal(segment_bytes=300)
+    wal.append_ready(G2, ready(snapshot=snap(40), hard_state=hs(3, 1, 40)))
+    for i in range(41, 61):  # entries above the snapshot: live until a reset
+        wal.append_ready(G2, ready(ents(i, i, size=40), hs(3, 1, i)))
+        wal.sync()
+    wal.reset(G2, hs(3, 1, 0))
+    for i in range(1, 30):
+        wal.append_ready(G1, ready(ents(i, i, size=40), hs(1, 1, i)))
+        wal.sync()
+    wal.save_snapshot_meta(G1, snap(29).meta)
+    wal.append_ready(G1, ready(hard_state=hs(1, 1, 29)))
+    wal.sync()
+    before = wal.segments()
+    removed = wal.gc()
+    assert removed and removed == before[: len(removed)]
+    wal.close()
+    again = open_wal(segment_bytes=300)
+    assert again.load(G2) == RaftState(hs(3, 1, 0))
+    assert again.load(G1).hard_state == hs(1, 1, 29)
+
+
 def test_rotation_and_gc_after_compaction(open_wal: Opener) -> None:
     wal = open_wal(segment_bytes=400)
     for i in range(1, 41):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import posixpath
 
-from quorumkv.consensus import GroupId, RaftState, Ready, Snapshot
+from quorumkv.consensus import GroupId, HardState, Index, RaftState, Ready, Snapshot
 
 from ._fs import FileSystem
 from ._snapshots import SnapshotStore
@@ -77,6 +77,13 @@ class NodeStorage:
             self.snapshots.purge(group, self.wal.snapshot_meta(group))
         self._purge.clear()
         return stats
+
+    def reset(self, group: GroupId, hs: HardState) -> None:
+        """Forget the group's log and snapshots on this node (its replica was deleted),
+        durably, keeping the term and vote of ``hs``."""
+        self.wal.reset(group, HardState(hs.term, hs.vote, Index(0)))
+        self._purge.add(group)
+        self.sync()
 
     def save_snapshot(self, group: GroupId, snap: Snapshot) -> None:
         """A compaction snapshot: its data, durably, then its WAL record, synced with

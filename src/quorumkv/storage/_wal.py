@@ -11,6 +11,9 @@ the last one (the *active* segment) is ever appended to. A segment is a run of r
 * ``HARD_STATE``: the group's term, vote and commit index.
 * ``INSTALL``: the group installed a snapshot (its metadata); every stored entry is dead.
 * ``COMPACT``: the group compacted its log to a snapshot; entries up to it are dead.
+* ``RESET``: the group's replica on this node was deleted (its range moved away): its
+  snapshot and entries are dead, and only the term and vote it carries stay, which must
+  never go back should the group come here again. The next snapshot may have any index.
 
 Writes are buffered (``append_ready``, ``save_snapshot_meta``) and ``sync`` writes the
 whole buffer, from every group, with one ``write`` and one fsync: group commit.
@@ -30,8 +33,10 @@ current snapshot index, and its hard-state and snapshot records have later copie
 later segments. Deleting only a prefix keeps recovery simple: replaying what is left
 yields the same state, because everything a deleted record could still have influenced
 is at or below a snapshot index that a kept record restates. Snapshot indexes must
-therefore only grow; a lower one is refused. A group whose latest hard state sits in an
-old segment pins that segment (an idle group is never rewritten yet).
+therefore only grow; a lower one is refused, except after a ``RESET``: every record of
+the group before a reset is dead, since the reset restates all that stays. A group
+whose latest hard state sits in an old segment pins that segment (an idle group is
+never rewritten yet).
 
 Recovery (at construction): replay every segment in order. In the last segment, the first
 position that does not hold a valid record is a *torn tail* if no valid record follows
@@ -71,8 +76,8 @@ from ._fs import AppendFile, FileSystem
 
 log = logging.getLogger("quorumkv.storage.wal")
 
-ENTRIES, HARD_STATE, INSTALL, COMPACT = 1, 2, 3, 4
-_KINDS = (ENTRIES, HARD_STATE, INSTALL, COMPACT)
+ENTRIES, HARD_STATE, INSTALL, COMPACT, RESET = 1, 2, 3, 4, 5
+_KINDS = (ENTRIES, HARD_STATE, INSTALL, COMPACT, RESET)
 SEGMENT_SUFFIX = ".wal"
 DEFAULT_SEGMENT_BYTES = 64 << 20
 
@@ -87,6 +92,8 @@ class GroupLog:
     hs_segment: int = 0
     """The segment holding the latest hard-state record (0: none)."""
     snap_segment: int = 0
+    reset_segment: int = 0
+    """The segment holding the latest reset record: every record before it is dead."""
 
     def snap_index(self) -> int:
         return self.snapshot.index if self.snapshot else 0
@@ -103,6 +110,10 @@ class GroupLog:
             self.hard_state = value
         elif kind == INSTALL:
             self.snapshot = value
+            self.entries = []
+        elif kind == RESET:
+            self.hard_state = value
+            self.snapshot = None
             self.entries = []
         else:
             meta: SnapshotMeta = value
@@ -128,7 +139,7 @@ class SyncStats:
 def _decode(kind: int, body: Any) -> Any:
     if kind == ENTRIES:
         return tuple(codec.decode_entry(e) for e in body)
-    if kind == HARD_STATE:
+    if kind in (HARD_STATE, RESET):
         return codec.decode_hard_state(body)
     return codec.decode_meta(body)
 
@@ -177,6 +188,11 @@ class WAL:
     def append_hard_state(self, group: GroupId, hs: HardState) -> None:
         self._append(group, HARD_STATE, hs)
 
+    def reset(self, group: GroupId, hs: HardState) -> None:
+        """Buffer a reset of the group: its snapshot and entries are dead; ``hs`` (its
+        term and vote, commit 0) is all that stays."""
+        self._append(group, RESET, hs)
+
     def save_snapshot_meta(self, group: GroupId, meta: SnapshotMeta) -> None:
         """Buffer a compaction: the group's log up to ``meta.index`` is dead."""
         self._append(group, COMPACT, meta)
@@ -199,6 +215,8 @@ class WAL:
         elif kind == ENTRIES:
             body = [codec.encode_entry(e) for e in value]
         else:
+            if kind == RESET:
+                self._pending_snap[group] = 0
             body = codec.encode_hard_state(value)
         record = codec.frame(codec.pack([group, kind, body]))
         self._buffer.append((group, kind, value, record))
@@ -259,6 +277,10 @@ class WAL:
         elif kind == HARD_STATE:
             seg.hard_states.add(group)
             g.hs_segment = seg.seq
+        elif kind == RESET:
+            seg.hard_states.add(group)
+            g.hs_segment = g.reset_segment = seg.seq
+            g.snap_segment = 0  # no snapshot record of the group is live any more
         else:
             seg.snapshots.add(group)
             g.snap_segment = seg.seq
@@ -285,7 +307,8 @@ class WAL:
 
     def _dead(self, seg: _Segment) -> bool:
         for group, top in seg.max_entry.items():
-            if top > self._groups[group].snap_index():
+            g = self._groups[group]
+            if seg.seq >= g.reset_segment and top > g.snap_index():
                 return False
         if any(self._groups[g].hs_segment == seg.seq for g in seg.hard_states):
             return False
