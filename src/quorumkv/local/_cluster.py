@@ -331,9 +331,11 @@ class LocalCluster:
 
     def add_node(self) -> int:
         """Start one more node, empty, with ``--join`` and the peer list plus itself,
-        and return its id. It is not a member yet: call ``client.member_add(id, addr)``
-        (``self.nodes[id].addr``), then ``wait_healthy([id])``. It is recorded in
-        ``cluster.json``, so the next start of this directory runs it too."""
+        and return its id. On an unsharded cluster it is not a member yet: call
+        ``client.member_add(id, addr)`` (``self.nodes[id].addr``), then
+        ``wait_healthy([id])``. On a sharded cluster it registers itself, receives a
+        replica of the meta range, and the placement driver moves ranges to it. It is
+        recorded in ``cluster.json``, so the next start of this directory runs it too."""
         spec = self._require_spec()
         node = spec.next_node(self.host)
         self._spec = spec.with_node(node)

@@ -50,6 +50,8 @@ class ServerConfig:
     """Sharded: split a range once it holds this many keys."""
     hot_write_ops: float = 2500.0
     """Sharded: split a range whose write rate stays above this many per second."""
+    down_after_s: float = 30.0
+    """Sharded: a node silent this long is down; its replicas are made again elsewhere."""
     cluster_token: str = "quorumkv"
     tick_ms: int = 50
     election_ticks: int = 10
@@ -130,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="sharded: split ranges whose writes/s stay above this (2500)",
     )
+    p.add_argument(
+        "--down-after",
+        type=float,
+        help="sharded: seconds without a heartbeat after which a node is down and its "
+        "replicas are made again on the others (30)",
+    )
     p.add_argument("--cluster-token", help="distinguishes clusters with the same peer list")
     p.add_argument("--tick-ms", type=int, help="milliseconds per Raft tick (default 50)")
     p.add_argument("--election-ticks", type=int, help="ticks per election timeout (10)")
@@ -151,6 +159,7 @@ _KEYS = {
     "sharded": ("sharded", bool),
     "split_keys": ("split_keys", int),
     "hot_write_ops": ("hot_write_ops", float),
+    "down_after": ("down_after_s", float),
     "cluster_token": ("cluster_token", str),
     "tick_ms": ("tick_ms", int),
     "election_ticks": ("election_ticks", int),
@@ -230,6 +239,8 @@ def parse_config(argv: list[str] | None) -> ServerConfig:
         raise ServerError("--election-ticks must be at least 2")
     if cfg.hot_write_ops <= 0:
         raise ServerError("--hot-write-ops must be positive")
+    if cfg.down_after_s <= 0:
+        raise ServerError("--down-after must be positive")
     if cfg.catchup_entries < 0 or cfg.request_timeout_s <= 0:
         raise ServerError("--catchup-entries must be >= 0 and --request-timeout > 0")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -28,6 +28,11 @@ engine transaction as the effects of the entries it covers. Two kinds:
     before another began always holds the smaller revision, across every range and
     every change of meta leader, with no lease or clock involved.
 
+A replica created on a node to receive a range or the meta range it does not hold yet
+(a replica move, a node joining) starts with a machine that is *pending*: it holds
+nothing, its applied index is 0, and the first snapshot it restores makes it whole
+(``KVMachine.pending``; a ``MetaMachine`` whose engine holds no state for its group).
+
 Both offer what a replica needs: ``applied_index``, ``apply`` (one engine transaction a
 call; results in entry order; ``before_commit`` answers writers before the commit),
 ``snapshot`` (chunks; the first names the applied index, read by ``snapshot_index``),
@@ -74,29 +79,46 @@ def decode_desc(data: bytes) -> RangeDescriptor | None:
 class KVMachine:
     """A range of keys, kept in the node's engine."""
 
-    __slots__ = ("engine", "rs")
+    __slots__ = ("_rs", "engine", "range_id")
 
-    def __init__(self, engine: Engine, rs: RangeStore) -> None:
+    def __init__(self, engine: Engine, rs: RangeStore | None, range_id: int = 0) -> None:
         self.engine = engine
-        self.rs = rs
+        self._rs = rs
+        self.range_id = rs.range_id if rs is not None else range_id
+
+    @classmethod
+    def pending(cls, engine: Engine, range_id: int) -> KVMachine:
+        """Range ``range_id``, not held yet: its first snapshot brings it."""
+        return cls(engine, None, range_id)
+
+    @property
+    def is_pending(self) -> bool:
+        return self._rs is None
+
+    @property
+    def rs(self) -> RangeStore:
+        if self._rs is None:
+            raise ShardError(f"range {self.range_id} is not on this node yet (no snapshot)")
+        return self._rs
 
     @property
     def stamped(self) -> bool:
-        return bool(self.rs.stamped)
+        return True if self._rs is None else bool(self._rs.stamped)
 
     @property
     def desc(self) -> RangeDescriptor | None:
-        """The range's descriptor (sharded clusters; None for the unsharded group)."""
-        return decode_desc(self.rs.desc)
+        """The range's descriptor (sharded clusters; None for the unsharded group and
+        a pending range)."""
+        return None if self._rs is None else decode_desc(self._rs.desc)
 
     def applied_index(self) -> int:
-        return self.rs.applied_index()
+        return 0 if self._rs is None else self._rs.applied_index()
 
     def revision(self) -> int:
-        return self.rs.revision()
+        return 0 if self._rs is None else self._rs.revision()
 
     def compacted_revision(self) -> int:
-        return self.rs.compacted_revision()
+        return 0 if self._rs is None else self._rs.compacted_revision()
 
     def apply(
         self,
@@ -117,17 +139,23 @@ class KVMachine:
         return snapshot_index(first)
 
     def restore(self, chunks: Iterator[bytes]) -> None:
-        self.rs = self.engine.restore_range(self.rs.range_id, chunks)
+        self._rs = self.engine.restore_range(self.range_id, chunks)
+
+    def drop(self) -> None:
+        """Delete the range's data from the engine (the replica was moved away)."""
+        if self._rs is not None:
+            self.engine.drop_range(self.range_id)
+            self._rs = None
 
     def sync(self) -> None:
         self.engine.sync()
 
     def keys(self) -> int:
-        return self.rs.key_count()
+        return 0 if self._rs is None else self._rs.key_count()
 
     def middle_key(self) -> bytes | None:
         """The key with as many keys below it as above: where a split halves the range."""
-        return self.rs.middle_key()
+        return None if self._rs is None else self._rs.middle_key()
 
     def db_bytes(self) -> int:
         try:
@@ -136,23 +164,32 @@ class KVMachine:
             return 0
 
     def describe(self) -> str:
-        return f"range {self.rs.range_id} of the engine in {self.engine.path}"
+        return f"range {self.range_id} of the engine in {self.engine.path}"
 
 
 class MetaMachine:
     """The meta range: the directory and the revision allocator."""
 
-    __slots__ = ("_applied", "_persisted", "directory", "engine", "group", "next_revision")
+    __slots__ = (
+        "_applied", "_pending", "_persisted", "directory", "engine", "group", "next_revision",
+    )  # fmt: skip
 
     def __init__(self, engine: Engine, group: int) -> None:
         self.engine = engine
         self.group = group
         state = engine.get_state(group)
-        if state is None:
-            raise ValueError(f"the engine holds no state for meta group {group}")
+        self._pending = state is None
+        if state is None:  # pending: a joining node's meta replica, before its snapshot
+            self._applied = self._persisted = 0
+            self.next_revision, self.directory = FIRST_REVISION, Directory()
+            return
         self._applied, blob = state
         self._persisted = self._applied
         self.next_revision, self.directory = _decode_meta(blob)
+
+    @property
+    def is_pending(self) -> bool:
+        return self._pending
 
     @staticmethod
     def initial_state(directory: Directory) -> bytes:
@@ -228,6 +265,7 @@ class MetaMachine:
         self.engine.put_state(self.group, index, parts[1])
         self._applied, self.next_revision, self.directory = index, next_revision, directory
         self._persisted = index
+        self._pending = False
 
     def sync(self) -> None:
         """Write the state to the engine and make it durable."""

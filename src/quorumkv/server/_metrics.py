@@ -18,6 +18,7 @@ attribute               exposed as                                   counts / me
 ``snapshots_sent``      ``quorumkv_snapshots_sent_total``            snapshots sent to peers
 ``snapshots_received``  ``quorumkv_snapshots_received_total``        snapshots installed from peers
 ``splits``              ``quorumkv_splits_total``                    range splits applied here
+``replica_changes``     ``quorumkv_replica_changes_total``           replica changes led here
 ``peer_bytes_in``       ``quorumkv_peer_received_bytes_total``       bytes read from peers
 ``peer_bytes_out``      ``quorumkv_peer_sent_bytes_total``           bytes written to peers
 ``client_bytes_in``     ``quorumkv_client_received_bytes_total``     bytes read from clients
@@ -163,6 +164,11 @@ class Metrics:
             "snapshots_received", "Snapshots received from peers and installed."
         )
         self.splits = self._counter("splits", "Range splits this node applied (sharded).")
+        self.replica_changes = self._counter(
+            "replica_changes",
+            "Replica changes (add a learner, promote, remove) this node made as a group's "
+            "leader (sharded).",
+        )
         self.peer_bytes_in = self._counter("peer_received_bytes", "Bytes read from peers.")
         self.peer_bytes_out = self._counter("peer_sent_bytes", "Bytes written to peers.")
         self.client_bytes_in = self._counter("client_received_bytes", "Bytes read from clients.")

@@ -104,11 +104,11 @@ from quorumkv.storage import NodeStorage, OSFileSystem
 from ._codec import decode_message
 from ._config import ServerConfig, check_identity, read_identity, write_identity
 from ._conn import ClientConn, Inbound, SnapConn
-from ._machines import KVMachine, Machine
+from ._machines import KVMachine, Machine, MetaMachine
 from ._metrics import Metrics
 from ._peers import PeerLink, link_hello
 from ._replica import ReadyCycle, Refused, Replica
-from ._sharding import Shards, machine_for
+from ._sharding import META, Shards, machine_for
 from ._sharding import bootstrap as bootstrap_sharded
 
 log = logging.getLogger("quorumkv.server")
@@ -116,6 +116,7 @@ log = logging.getLogger("quorumkv.server")
 GROUP = GroupId(1)
 """The one group every node hosts today; it serves every client request."""
 _UNHOSTED_LOG_S = 10.0
+_VOTES = (MessageType.VOTE, MessageType.PRE_VOTE)
 COMMIT_ENTRIES = 20_000
 """Entries applied after which the engine's open round commits before the next tick."""
 """At most one log line this often about input for groups this node does not host."""
@@ -164,7 +165,10 @@ class Node:
         self.replicas: dict[GroupId, Replica] = {}
         self.shards: Shards | None = Shards(self) if self.sharded else None
         if self.sharded:
-            for group in self.storage.groups():
+            groups = self.storage.groups()
+            if META not in groups:  # joining: the meta range's snapshot comes later
+                self.replicas[META] = Replica(self, META, MetaMachine(self.engine, int(META)))
+            for group in groups:
                 sm = machine_for(self.engine, group)
                 if sm is None:
                     log.warning("node %d: group %d has Raft state but no data yet; its "
@@ -204,10 +208,11 @@ class Node:
             self.sharded = bool(doc.get("sharded"))
             return check_identity(cfg, doc)
         if cfg.join:
-            if cfg.sharded:
-                raise ServerError("joining a sharded cluster is not supported yet")
             if has_state:
                 raise ServerError(f"data dir {cfg.data_dir} has Raft state but no node.json")
+            # A sharded node registers itself with the cluster (``Shards``) and receives
+            # a meta replica, then ranges; an unsharded one waits for ``member add``.
+            self.sharded = cfg.sharded
             return 0  # learned from the first peer that contacts us
         self.sharded = cfg.sharded
         if not has_state:
@@ -286,6 +291,15 @@ class Node:
         self.schedule()
         return replica
 
+    def remove_replica(self, group: GroupId, why: str) -> None:
+        """Stop hosting ``group`` (its replica moved away) and delete its data."""
+        replica = self.replicas.pop(group, None)
+        if replica is None:
+            return
+        replica.destroy(why)
+        self.sync_links()
+        log.info("node %d no longer hosts group %d: %s", self.node_id, group, why)
+
     def learn_cluster(self, cluster: int) -> None:
         if not self.cluster:
             self.cluster = cluster
@@ -328,6 +342,8 @@ class Node:
                 if replica is None:
                     self._unhosted_input(int(m.group), frm, "a message")
                     continue
+                if m.type in _VOTES and getattr(replica.sm, "is_pending", False):
+                    continue  # a replica without its snapshot holds nothing to vote on
                 replica.raw.step(m)
             except MessageRejected as e:
                 log.warning("dropped a message from node %d: %s", frm, e)

@@ -81,6 +81,7 @@ from quorumkv.consensus import (
     Config,
     EntryType,
     GroupId,
+    HardState,
     Index,
     Message,
     MessageType,
@@ -129,6 +130,9 @@ log = logging.getLogger("quorumkv.server")
 
 _EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
 """What a leader may send before its own fsync (``Replica.send_early``)."""
+CONF_VER = "conf_ver"
+"""The key of a sharded range's conf change context that carries the directory's replica
+version the change moves toward (the other keys are node ids and their addresses)."""
 _LOST_LEADERSHIP = "leadership was lost before the entry was applied; the outcome is unknown"
 
 
@@ -226,6 +230,9 @@ class Replica:
         self.sm = sm
         self.stamped = sm.stamped
         """Writes get revision stamps from the meta range before they are proposed."""
+        self.conf_ver = 0
+        """Sharded ranges: the highest directory replica version a conf change applied
+        here (or in the WAL since the last snapshot) moved toward; 0 if none is known."""
         state = self._load_state()
         rcfg = Config(
             id=NodeId(store.node_id),
@@ -255,6 +262,8 @@ class Replica:
         # incarnation of this replica must not match a read of this one.
         self._boot = random.getrandbits(64).to_bytes(8, "big")
         self.leader_seen: int = NONE
+        self.leaderless_since: float | None = None
+        """When this replica last found itself without a known leader (None: it has one)."""
         self.snapshot_index = int(state.snapshot.meta.index) if state.snapshot else 0
 
     # -- start-up --------------------------------------------------------------------
@@ -270,6 +279,14 @@ class Replica:
             if e.type is EntryType.CONF_CHANGE:
                 self._learn_conf(e.data)
         hs = st.hard_state
+        if getattr(self.sm, "is_pending", False):
+            # A group this node held before (moved away, its data dropped) and is to
+            # receive again: keep the term and the vote, which must never go back; the
+            # log and snapshot of that time are not ours any more (a reset, so the
+            # leader's snapshot may have a lower index than the old one).
+            if st.snapshot is not None or st.entries:
+                storage.reset(self.group, hs)
+            return RaftState(HardState(hs.term, hs.vote, Index(0)))
         applied = self.sm.applied_index()
         floor = st.snapshot.meta.index if st.snapshot else 0
         if applied < floor and floor > 1:  # index 1 is the bootstrap: an empty store
@@ -292,17 +309,36 @@ class Replica:
             doc = unpack(data)
             for k, v in doc["members"].items():
                 self.store.members[int(k)] = str(v)
+            self.conf_ver = max(self.conf_ver, int(doc.get(CONF_VER, 0)))
         except Exception as e:  # a snapshot from an older format: addresses come later
             log.warning("snapshot data without member addresses: %r", e)
 
     def _learn_conf(self, data: bytes) -> None:
+        """A conf change's context: the addresses of the nodes it names and, for a
+        sharded range, the directory's replica version (``conf_ver``) it moved toward."""
         try:
             cc = decode_conf_change(data)
             if cc.context:
                 for k, v in json.loads(cc.context).items():
-                    self.store.members[int(k)] = str(v)
+                    if k == CONF_VER:
+                        self.conf_ver = max(self.conf_ver, int(v))
+                    else:
+                        self.store.members[int(k)] = str(v)
         except (ConfChangeError, ValueError, AttributeError) as e:
             log.warning("conf change without readable addresses: %r", e)
+
+    def caught_up(self, node: int) -> bool:
+        """Whether this leader replicates to ``node`` with a short lag: a learner that
+        may become a voter without holding up the quorum."""
+        raft = self.raw.raft
+        pr = raft.trk.progress.get(NodeId(node))
+        return (
+            raft.role is Role.LEADER
+            and pr is not None
+            and pr.state.value == "replicate"  # not probing, not awaiting a snapshot
+            and pr.match + 1 >= raft.log.first_index()  # an idle log may be compacted
+            and pr.match + 100 >= raft.log.last_index()
+        )
 
     def peer_ids(self) -> set[int]:
         """Every other member of this group: voters, learners, outgoing and incoming."""
@@ -732,7 +768,8 @@ class Replica:
             return
         index = applied - cfg.catchup_entries
         self.sm.sync()  # the store must hold what the dropped log held
-        data = pack({"members": {str(k): v for k, v in self.store.members.items()}})
+        members = {str(k): v for k, v in self.store.members.items()}
+        data = pack({"members": members, CONF_VER: self.conf_ver})
         snap = self.raw.compact(Index(index), data)
         self.store.storage.save_snapshot(self.group, snap)
         self.snapshot_index = index
@@ -853,6 +890,42 @@ class Replica:
                 raise TimeoutError
             await asyncio.sleep(tick_s)
 
+    async def change_replicas(self, kind: ChangeType, node: int, conf_ver: int) -> None:
+        """One replica change of a sharded range: a step toward the directory's replica
+        set at version ``conf_ver``, which the entry records (``_learn_conf``)."""
+        ctx: dict[str, Any] = {CONF_VER: conf_ver}
+        addr = self.store.members.get(node)
+        if addr is not None:
+            ctx[str(node)] = addr
+        cc = ConfChange((Change(kind, NodeId(node)),), context=json.dumps(ctx))
+        await self._conf_change(cc, max(30.0, self.store.cfg.request_timeout_s))
+
+    def busy(self) -> bool:
+        """A snapshot is being installed or sent, or a conf change is in flight."""
+        raft = self.raw.raft
+        return (
+            self.snaps.restoring
+            or any(not t.done() for t in self.snaps.sending.values())
+            or raft.pending_conf_index > raft.log.applied
+            or raft.trk.conf.joint
+        )
+
+    def destroy(self, why: str) -> None:
+        """Stop being a replica of this group (it moved away): answer every waiting
+        request, stop sending snapshots, and delete the range's data. The group's Raft
+        state stays in the WAL: its term and vote must never go back, should the group
+        come to this node again."""
+        self.fail_everything(why)
+        self.cancel_sends()
+        for aw in self.apply_waiters:
+            if not aw.future.done():
+                aw.future.set_result(None)
+        self.apply_waiters = []
+        st = self.raw.raft
+        self.store.storage.reset(self.group, HardState(st.term, st.vote, Index(0)))
+        if isinstance(self.sm, KVMachine):
+            self.sm.drop()
+
     def members_list(self) -> list[dict[str, Any]]:
         conf = self.raw.raft.trk.conf
         ids = set(conf.voters) | set(conf.learners) | set(conf.voters_outgoing)
@@ -882,13 +955,7 @@ class Replica:
         while True:
             if self.raw.raft.role is not Role.LEADER:
                 raise ProposalDropped("lost leadership", int(self.raw.raft.lead))
-            pr = self.raw.raft.trk.progress.get(NodeId(node))
-            if (
-                pr is not None
-                and pr.state.value == "replicate"  # not probing, not awaiting a snapshot
-                and pr.match >= self.raw.raft.log.first_index()
-                and pr.match + 100 >= self.raw.raft.log.last_index()
-            ):
+            if self.caught_up(node):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError
@@ -996,6 +1063,7 @@ class Replica:
             "revision": self.sm.revision(),
             "keys": self.sm.keys(),
             "voters": sorted(int(v) for v in r.trk.conf.voters),
+            "learners": sorted(int(v) for v in r.trk.conf.learners),
             "pending_proposals": len(self.waiting) + len(self.writes) + self.stamping,
         }
 

@@ -35,10 +35,11 @@ ranges, not about Raft:
   leaders from ``OP_RANGES`` without a redirect. The meta range's leader runs the
   planner (``shard.plan``) every two seconds on what the directory holds and carries
   out what it returns, one operation per range at a time: a split (at the range's
-  leader, by ``OP_SPLIT``) or a leader transfer (``OP_META`` ``transfer`` to the range's
-  leader). Replica moves (add a learner, promote, remove) are planned but not carried
-  out yet: every range lives on the founding nodes. Heartbeat times are wall-clock
-  seconds (``time.time()``) of the reporting node, compared with the meta leader's.
+  leader, by ``OP_SPLIT``), a leader transfer (``OP_META`` ``transfer`` to the range's
+  leader), or a replica move (add a learner, promote, remove), which is recorded in the
+  directory and carried out by every node converging to it (``_moves``). Heartbeat
+  times are wall-clock seconds (``time.time()``) of the reporting node, compared with
+  the meta leader's.
 
 This module must never apply an entry itself, touch the Raft core beyond proposing and
 campaigning, or answer a write before the replica applied it.
@@ -89,12 +90,14 @@ from quorumkv.shard import (
     StaleEpochError,
     TransferLeader,
     WrongRange,
+    decode_command,
     encode_command,
     plan,
 )
 from quorumkv.storage import NodeStorage
 
 from ._machines import KVMachine, MetaMachine, alloc_entry, encode_desc
+from ._moves import Mover
 from ._rpc import RpcConn
 
 if TYPE_CHECKING:
@@ -235,6 +238,7 @@ class Shards:
         self._rounds = 0
         self._writes: dict[int, tuple[int, float]] = {}
         """Per led range: applied writes at the last heartbeat, and the smoothed rate."""
+        self.mover = Mover(self)
 
     def start(self) -> None:
         self._task = self.node.loop.create_task(self._housekeeping())
@@ -257,10 +261,14 @@ class Shards:
 
     @property
     def directory(self) -> Directory | None:
+        """This node's copy of the directory (None until a joining node's meta replica
+        has its first snapshot)."""
         meta = self.meta
-        return meta.sm.directory if meta is not None else None  # type: ignore[union-attr]
+        if meta is None or not isinstance(meta.sm, MetaMachine) or meta.sm.is_pending:
+            return None
+        return meta.sm.directory
 
-    def _spawn(self, key: tuple[str, int], coro: Any) -> None:
+    def spawn(self, key: tuple[str, int], coro: Any) -> None:
         """Run ``coro`` unless one with the same key runs already."""
         if key in self._busy:
             coro.close()
@@ -302,6 +310,8 @@ class Shards:
 
     def _range(self, conn: ClientConn, req_id: Any, rid: Any, version: Any) -> Replica | None:
         r = self.node.replicas.get(GroupId(int(rid))) if int(rid) != META else None
+        if r is not None and isinstance(r.sm, KVMachine) and r.sm.is_pending:
+            r = None  # hosted, but its snapshot has not come yet: it holds nothing
         if r is None:
             d = self.directory
             known = d.get(RangeId(int(rid))) if d is not None else None
@@ -317,7 +327,7 @@ class Shards:
         wrong = WrongRange(RangeId(rid), epoch, (hint,) if hint is not None else ())
         self.node.reply_error(conn, req_id, ERR_WRONG_RANGE, wrong.to_wire())
 
-    def _rpc(self, node_id: int) -> RpcConn | None:
+    def rpc(self, node_id: int) -> RpcConn | None:
         """The connection to node ``node_id`` (made, or re-aimed at its current address);
         None if its address is unknown."""
         addr = self.node.members.get(node_id)
@@ -325,6 +335,8 @@ class Shards:
             return None
         rpc = self.rpcs.get(node_id)
         if rpc is None or rpc.addr != addr:
+            if rpc is not None:
+                rpc.close()
             rpc = self.rpcs[node_id] = RpcConn(addr)
         return rpc
 
@@ -349,13 +361,44 @@ class Shards:
             kind, data = body
             if kind == "transfer":
                 rid, target = int(data[0]), int(data[1])
+            elif kind == "conf":
+                rid = int(data)
+            elif kind == "register":
+                if not isinstance(data, bytes) or not isinstance(
+                    decode_command(data), RegisterNode
+                ):
+                    raise ValueError("a registration carries a RegisterNode command")
             elif kind != "propose" or not isinstance(data, bytes):
                 raise ValueError(f"unknown meta request {kind!r}")
-        except (TypeError, ValueError, IndexError) as e:
+        except (TypeError, ValueError, IndexError, ShardError) as e:
             self.node.reply_error(conn, req_id, ERR_BAD_REQUEST, f"bad meta request: {e}")
             return
         if kind == "transfer":
             await self._transfer_request(conn, req_id, rid, target)
+            return
+        if kind == "conf":  # a node asks whether this range's group still has it
+            r = self._range(conn, req_id, rid, 0)
+            if r is not None:
+                if r.raw.raft.role is not Role.LEADER:
+                    r.not_leader(conn, req_id)
+                else:
+                    conf = r.raw.raft.trk.conf
+                    voters = sorted(int(v) for v in conf.voters | conf.voters_outgoing)
+                    learners = sorted(int(v) for v in conf.learners | conf.learners_next)
+                    conn.reply(req_id, OK, [voters, learners])
+            self.node.flush_clients()
+            return
+        if kind == "register":  # a joining node, which knows no meta leader yet
+            try:
+                res = await self.meta_call(data)
+            except MetaUnavailable as e:
+                self.node.reply_error(conn, req_id, ERR_UNAVAILABLE, str(e))
+            else:
+                if isinstance(res, ShardError):
+                    self.node.reply_error(conn, req_id, ERR_BAD_REQUEST, str(res))
+                else:
+                    conn.reply(req_id, OK, None)
+            self.node.flush_clients()
             return
         if meta is None or meta.raw.raft.role is not Role.LEADER:
             if meta is None:
@@ -411,7 +454,7 @@ class Shards:
             try:
                 if meta.raw.raft.role is Role.LEADER:
                     code, res = await self._propose(meta, data)
-                elif lead and (rpc := self._rpc(lead)) is not None:
+                elif lead and (rpc := self.rpc(lead)) is not None:
                     code, res = await rpc.call(OP_META, ["propose", data])
                     if code == OK:
                         res = result_from_wire(res)
@@ -600,6 +643,7 @@ class Shards:
             self._rounds += 1
             try:
                 self._reconcile()
+                self.mover.step(self.directory, self.node.cfg.down_after_s)
                 self._heartbeat()
                 if self._rounds % _PLAN_EVERY == 0:
                     self._place()
@@ -609,6 +653,9 @@ class Shards:
     def _heartbeat(self) -> None:
         """Tell the meta range this node is alive, with the stats of its led ranges."""
         node = self.node
+        d = self.directory
+        if d is None or NodeId(node.node_id) not in d.nodes:
+            return  # a joining node, not registered yet
         stats = []
         for group, r in list(node.replicas.items()):
             if group == META or not isinstance(r.sm, KVMachine):
@@ -617,6 +664,13 @@ class Shards:
             if r.raw.raft.role is not Role.LEADER or desc is None:
                 self._writes.pop(int(group), None)
                 continue
+            known = d.get(desc.range_id)
+            epoch, pending = desc.epoch, tuple[NodeId, ...]()
+            if known is not None and known.epoch.version == desc.epoch.version:
+                # Reported at the directory's epoch, so the planner trusts ``pending``:
+                # the learners this leader does not replicate to with a short lag yet.
+                epoch = known.epoch
+                pending = tuple(n for n in known.learners() if not r.caught_up(int(n)))
             count = r.applied_writes
             last, rate = self._writes.get(int(group), (count, 0.0))
             rate += _RATE_ALPHA * ((count - last) / _HOUSEKEEPING_S - rate)
@@ -625,15 +679,16 @@ class Shards:
             stats.append(
                 RangeStats(
                     desc.range_id,
-                    desc.epoch,
+                    epoch,
                     NodeId(node.node_id),
                     keys=keys,
                     write_ops=round(rate, 1),
                     middle_key=r.sm.middle_key() if keys > 1 else None,
+                    pending=pending,
                 )
             )
         beat = Heartbeat(NodeId(node.node_id), time.time(), tuple(stats))
-        self._spawn(("heartbeat", 0), self.meta_call(encode_command(beat)))
+        self.spawn(("heartbeat", 0), self.meta_call(encode_command(beat)))
 
     def _place(self) -> None:
         """The meta leader's placement round: plan, then carry out splits and leader
@@ -647,6 +702,7 @@ class Shards:
             replication_factor=factor,
             split_keys=node.cfg.split_keys,
             hot_write_ops=node.cfg.hot_write_ops,
+            down_after=node.cfg.down_after_s,
         )
         busy = {RangeId(k[1]) for k in self._busy if k[0] in ("place", "split")}
         for op in plan(d, d.stats, time.time(), cfg, busy):
@@ -660,8 +716,9 @@ class Shards:
                 body = ["transfer", [int(op.range_id), int(op.to)]]
                 coro = self._at_leader(desc, OP_META, body, op.describe())
             else:
-                continue  # replica moves are not carried out yet (see the docstring)
-            self._spawn(("place", int(op.range_id)), coro)
+                self.mover.carry_out(op)  # a replica move: recorded in the directory
+                continue
+            self.spawn(("place", int(op.range_id)), coro)
 
     async def _at_leader(self, desc: RangeDescriptor, op: int, body: Any, what: str) -> None:
         """Send a placement operation to the range's leader (as the directory knows it)."""
@@ -676,7 +733,7 @@ class Shards:
             self.request(conn, req_id, op, body)  # type: ignore[arg-type]
             code, res = await asyncio.wait_for(fut, 30.0)
         else:
-            rpc = self._rpc(lead)
+            rpc = self.rpc(lead)
             if rpc is None:
                 return
             code, res = await rpc.call(op, body, timeout=30.0)
@@ -699,7 +756,7 @@ class Shards:
                 continue
             if known.leader != node.node_id and known.epoch.version == desc.epoch.version:
                 cmd = SetLeaderHint(RangeId(int(group)), NodeId(node.node_id))
-                self._spawn(("leader hint", int(group)), self.meta_call(encode_command(cmd)))
+                self.spawn(("leader hint", int(group)), self.meta_call(encode_command(cmd)))
             if (
                 known.epoch.version == desc.epoch.version + 1
                 and known.start == desc.start
@@ -709,4 +766,4 @@ class Shards:
                 if right.start == known.end and right.end == desc.end:
                     log.info("node %d: range %d finishes the split the directory recorded",
                              node.node_id, group)  # fmt: skip
-                    self._spawn(("split", int(group)), self._apply_split(r, known, right))
+                    self.spawn(("split", int(group)), self._apply_split(r, known, right))
