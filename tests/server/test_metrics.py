@@ -190,6 +190,7 @@ def test_gauge_names_are_documented() -> None:
         "db_bytes",
         "ranges",
         "ranges_led",
+        "ranges_quiet",
     }
 
 

@@ -123,6 +123,7 @@ GAUGE_HELP: Mapping[str, str] = MappingProxyType(
         "db_bytes": "Size of the state machine's database, in bytes.",
         "ranges": "Ranges of keys this node holds a replica of (sharded).",
         "ranges_led": "Ranges of keys this node leads (sharded).",
+        "ranges_quiet": "Ranges of keys quiesced here: not ticked until woken (sharded).",
     }
 )
 """The gauges the server reports (names without ``PREFIX``) and their help texts."""

@@ -43,6 +43,13 @@ iteration is handled as one batch:
    applied, as etcd batches its backend's commits (what is applied but not committed
    is in the WAL, and a restart replays it); compact any log due (which commits first).
 
+Peer links also carry node-level control messages (a list starting with a string, where
+a Raft message starts with its type's number): a range's leader going quiet
+(``Replica`` explains quiescence). A link with nothing to carry for two ticks sends an
+empty frame, and every frame records when its peer was last heard (``heard``): each
+tick, a quiet follower whose leader's node has been silent for an election timeout is
+woken, so it elects.
+
 A failure anywhere in the drive (the disk, or a bug between ``ready()`` and
 ``advance()``) is fatal: what reached the disk is unknown, so the node answers
 everyone, stops serving and exits; a restart recovers from the WAL. A stopped node
@@ -107,7 +114,7 @@ from ._conn import ClientConn, Inbound, SnapConn
 from ._machines import KVMachine, Machine, MetaMachine
 from ._metrics import Metrics
 from ._peers import PeerLink, link_hello
-from ._replica import ReadyCycle, Refused, Replica
+from ._replica import QUIESCE, ReadyCycle, Refused, Replica
 from ._sharding import META, Shards, machine_for
 from ._sharding import bootstrap as bootstrap_sharded
 
@@ -117,6 +124,8 @@ GROUP = GroupId(1)
 """The one group every node hosts today; it serves every client request."""
 _UNHOSTED_LOG_S = 10.0
 _VOTES = (MessageType.VOTE, MessageType.PRE_VOTE)
+_KEEPALIVE_TICKS = 2
+"""A peer link with nothing else to carry sends an empty frame this often (ticks)."""
 COMMIT_ENTRIES = 20_000
 """Entries applied after which the engine's open round commits before the next tick."""
 """At most one log line this often about input for groups this node does not host."""
@@ -187,6 +196,8 @@ class Node:
         self.op_counts: dict[str, int] = dict.fromkeys(_OP_NAMES.values(), 0)
         self._drive_scheduled = False
         self._commit_due = False
+        self.heard: dict[int, float] = {}
+        """When each peer's last frame arrived (monotonic): what keeps quiet groups safe."""
         self._tick_handle: asyncio.TimerHandle | None = None
         self._unhosted = 0
         """Messages and snapshots dropped since the last log line about them."""
@@ -330,9 +341,13 @@ class Node:
         if self.closed:
             return  # stopped: late messages from peers are not ours to handle
         self.metrics.peer_bytes_in.inc(nbytes)
+        self.heard[frm] = time.monotonic()  # an empty frame is a keepalive
         replicas = self.replicas
         for doc in docs:
             try:
+                if doc and type(doc[0]) is str:
+                    self._control(frm, doc)
+                    continue
                 m = decode_message(doc)
                 if m.frm != frm:
                     raise MessageRejected(f"message from {m.frm} on node {frm}'s link")
@@ -344,12 +359,23 @@ class Node:
                     continue
                 if m.type in _VOTES and getattr(replica.sm, "is_pending", False):
                     continue  # a replica without its snapshot holds nothing to vote on
+                if replica.quiet:
+                    replica.wake()
                 replica.raw.step(m)
             except MessageRejected as e:
                 log.warning("dropped a message from node %d: %s", frm, e)
             except ProposalDropped:
                 pass
         self.schedule()
+
+    def _control(self, frm: int, doc: list[Any]) -> None:
+        """A node-level message that is not Raft's: a leader going quiet."""
+        if doc[0] != QUIESCE or len(doc) != 4:
+            raise MessageRejected(f"unknown control message {doc[0]!r}")
+        _, group, term, index = doc
+        replica = self.replicas.get(GroupId(int(group)))
+        if replica is not None and replica.quiescable:
+            replica.quiesce_from(frm, int(term), int(index))
 
     def _unhosted_input(self, group: int, frm: int, what: str) -> None:
         """Input for a group this node does not host is dropped (once groups split and
@@ -483,6 +509,8 @@ class Node:
         replicas = list(self.replicas.values())
         for r in replicas:
             r.propose_queued()
+            if r.quiet and r.raw.raft.role is Role.LEADER and r.has_ready():
+                r.wake()  # a conf change, a transfer, a read index on a quiet leader
         while self._round(replicas):
             pass
         self._flush_links()
@@ -557,8 +585,19 @@ class Node:
         if self.fatal is not None or self.closed:
             return
         now = time.monotonic()
+        timeout = self.cfg.election_timeout_s
         for r in self.replicas.values():
+            # A quiet follower's leader must still be alive: its node sends at least a
+            # keepalive every few ticks. Silence wakes the group, which then elects.
+            if (
+                r.quiet
+                and r.raw.raft.role is not Role.LEADER
+                and now - self.heard.get(int(r.raw.raft.lead), 0.0) > timeout
+            ):
+                r.wake()
             r.tick(now)
+        for link in self.links.values():
+            link.keepalive(now, _KEEPALIVE_TICKS * self.cfg.tick_ms / 1000)
         self._commit_due = self.engine.round is not None
         self.schedule()
 
@@ -597,6 +636,7 @@ class Node:
             ranges = [r for g, r in self.replicas.items() if g != GROUP]
             out["ranges"] = float(len(ranges))
             out["ranges_led"] = float(sum(r.raw.raft.role is Role.LEADER for r in ranges))
+            out["ranges_quiet"] = float(sum(r.quiet for r in ranges))
         return out
 
     # -- shutdown --------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -124,6 +125,7 @@ class PeerLink:
         self.closed = False
         self.last_error = ""
         self.bytes_out = 0
+        self.last_write = 0.0
 
     def send(self, doc: list[Any]) -> None:
         self.queue.append(doc)
@@ -153,7 +155,19 @@ class PeerLink:
             return self.flush() and ok
         t.write(data)
         self.bytes_out += len(data)
+        self.last_write = time.monotonic()
         return True
+
+    def keepalive(self, now: float, every: float) -> None:
+        """Write an empty frame if nothing was written for ``every`` seconds: the peer
+        counts any frame as a sign of life (quiet groups rely on it)."""
+        t = self.transport
+        if now - self.last_write < every or t is None or t.is_closing():
+            return
+        data = frame(pack([]))
+        t.write(data)
+        self.bytes_out += len(data)
+        self.last_write = now
 
     def _ensure_dialing(self) -> None:
         if self.closed or (self.task is not None and not self.task.done()):

@@ -52,6 +52,16 @@ for a new node to catch up before promoting it); their addresses travel in the
 change's context, so every node learns them from the log or a snapshot (into the
 store's address book, ``Store.members``).
 
+A range of a sharded node *quiesces* when idle (CockroachDB's idea): a leader with
+nothing queued, waiting or in flight, whose every member holds its whole log, tells them
+so after ``QUIESCE_TICKS`` idle ticks (a ``q`` control message: group, term, last
+index) and stops ticking; a member that follows that leader in that term with that log
+stops ticking too. No heartbeats flow, so a thousand quiet ranges cost next to nothing.
+Any request or Raft message for the group wakes it (``wake``); so does silence from the
+leader's node, which the store watches through keepalives on the peer links, so a range
+whose leader died or stopped still elects. Quiescence only stops timers: it never
+changes what Raft decides.
+
 A replica must never fsync the WAL, flush a peer link or touch another group's state:
 those are the store's, batched over every group. It must never acknowledge a write
 before its entry is applied, nor answer a linearizable read before its read index is,
@@ -130,6 +140,12 @@ log = logging.getLogger("quorumkv.server")
 
 _EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
 """What a leader may send before its own fsync (``Replica.send_early``)."""
+QUIESCE = "q"
+"""The control message a leader sends its group's members when it goes quiet:
+``[QUIESCE, group, term, last index]`` (Raft messages start with an int)."""
+QUIESCE_TICKS = 10
+"""Idle ticks after which a range's leader quiesces its group."""
+META_GROUP = GroupId(1)
 CONF_VER = "conf_ver"
 """The key of a sharded range's conf change context that carries the directory's replica
 version the change moves toward (the other keys are node ids and their addresses)."""
@@ -262,6 +278,12 @@ class Replica:
         # incarnation of this replica must not match a read of this one.
         self._boot = random.getrandbits(64).to_bytes(8, "big")
         self.leader_seen: int = NONE
+        self.quiet = False
+        """Quiesced: not ticked until a request or a message wakes it (``wake``)."""
+        self.quiescable = store.shards is not None and group != META_GROUP
+        """Only the ranges of a sharded node quiesce; the meta range never does."""
+        self._idle_ticks = 0
+        self._idle_last = -1
         self.leaderless_since: float | None = None
         """When this replica last found itself without a known leader (None: it has one)."""
         self.snapshot_index = int(state.snapshot.meta.index) if state.snapshot else 0
@@ -359,6 +381,8 @@ class Replica:
         raw = self.raw
         if self.store.stopping or raw.raft.role is not Role.FOLLOWER or raw.raft.lead != frm:
             return
+        if self.quiet:
+            self.wake()
         if raw.forget_leader():
             delay = random.uniform(0, 2 * self.store.cfg.tick_ms / 1000)
             self.store.loop.call_later(delay, self._early_campaign)
@@ -453,6 +477,8 @@ class Replica:
 
     def propose_queued(self) -> None:
         """Before a round: the queued writes and reads go to the core, one batch each."""
+        if self.quiet and (self.admin or self.writes or self.read_queue):
+            self.wake()
         if self.admin:
             admin, self.admin = self.admin, []
             self._propose(admin)
@@ -733,7 +759,10 @@ class Replica:
     # -- ticks and timeouts ----------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """One tick of the core, and the requests that waited too long are answered."""
+        """One tick of the core, and the requests that waited too long are answered. A
+        quiet replica is not ticked: nothing waits in it, and its group sends nothing."""
+        if self.quiet or (self.quiescable and self._maybe_quiesce()):
+            return
         self.raw.tick()
         error = self.store.reply_error
         if self.read_batches:
@@ -758,6 +787,71 @@ class Replica:
             for index in [i for i, w in self.waiting.items() if w.t0 < limit]:
                 w = self.waiting.pop(index)
                 error(w.conn, w.req_id, ERR_TIMEOUT, f"entry {index} not applied in time")
+
+    # -- quiescence --------------------------------------------------------------------
+
+    def _maybe_quiesce(self) -> bool:
+        """A leader whose group has had nothing to do for ``QUIESCE_TICKS`` ticks, with
+        every member holding its whole log, goes quiet (True): it tells the members (a
+        ``q`` control message) and stops ticking, so the group costs nothing until a
+        request or a message wakes it (``wake``). Checked before the tick, whose
+        heartbeats would otherwise always leave a Ready behind."""
+        raft = self.raw.raft
+        last = int(raft.log.last_index())
+        if (
+            raft.role is not Role.LEADER
+            or self.waiting
+            or self.writes
+            or self.admin
+            or self.stamping
+            or self.read_queue
+            or self.read_batches
+            or self.ready_reads
+            or self.raw.has_ready()
+            or raft.lead_transferee != NONE
+            or int(raft.log.committed) != last
+            or self.sm.applied_index() < last
+            or self.busy()
+            or any(
+                int(pr.match) != last or pr.state.value != "replicate"
+                for nid, pr in raft.trk.progress.items()
+                if nid != raft.id
+            )
+            or last != self._idle_last
+        ):
+            self._idle_ticks = 0
+            self._idle_last = last
+            return False
+        self._idle_ticks += 1
+        if self._idle_ticks < QUIESCE_TICKS:
+            return False
+        doc = [QUIESCE, int(self.group), int(raft.term), last]
+        for peer in self.peer_ids():
+            link = self.store.link(peer)
+            if link is not None:
+                link.send(doc)
+        self.quiet = True
+        return True
+
+    def quiesce_from(self, frm: int, term: int, index: int) -> None:
+        """The leader ``frm`` went quiet at ``term`` with ``index`` its last entry: so
+        does this replica, if it follows that leader in that term and holds that log."""
+        raft = self.raw.raft
+        if (
+            raft.role is Role.FOLLOWER
+            and int(raft.lead) == frm
+            and int(raft.term) == term
+            and int(raft.log.last_index()) == index
+        ):
+            self.quiet = True
+
+    def wake(self) -> None:
+        """Tick again, from a fresh election timeout: a leader gets a whole window for
+        its followers' answers before check-quorum counts them, and a follower waits a
+        whole timeout for its leader before campaigning."""
+        self.quiet = False
+        self._idle_ticks = 0
+        self.raw.raft.election_elapsed = 0
 
     # -- compaction and snapshots ----------------------------------------------------
 
@@ -1064,6 +1158,7 @@ class Replica:
             "keys": self.sm.keys(),
             "voters": sorted(int(v) for v in r.trk.conf.voters),
             "learners": sorted(int(v) for v in r.trk.conf.learners),
+            "quiet": self.quiet,
             "pending_proposals": len(self.waiting) + len(self.writes) + self.stamping,
         }
 
