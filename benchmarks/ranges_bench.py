@@ -2,6 +2,7 @@
 idle CPU of nodes holding many quiet ranges.
 
     python benchmarks/ranges_bench.py [--duration 6] [--concurrency 256] [--idle-ranges 100]
+    python benchmarks/ranges_bench.py --idle-only --idle-ranges 1000
 
 One 3-node sharded cluster (automatic splits off: ``--split-keys`` and
 ``--hot-write-ops`` set out of reach) is split at evenly spaced keys of the load
@@ -80,21 +81,25 @@ def main() -> int:
     p.add_argument("--ranges", default="1,3,6")
     p.add_argument("--idle-ranges", type=int, default=100)
     p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--idle-only", action="store_true", help="skip the throughput points")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qkv-ranges-bench-"))
     log = work / "generator.log"
-    print(f"unsharded, one Raft group ({work}):")
-    plain = LocalCluster(3, work / "plain")
-    try:
-        plain.start()
-        measure(plain, args, log)
-    finally:
-        plain.stop()
+    if args.idle_only:
+        args.ranges = ""
+    else:
+        print(f"unsharded, one Raft group ({work}):")
+        plain = LocalCluster(3, work / "plain")
+        try:
+            plain.start()
+            measure(plain, args, log)
+        finally:
+            plain.stop()
     no_auto = ["--split-keys", "1000000000", "--hot-write-ops", "1000000000"]
     cluster = LocalCluster(3, work / "sharded", sharded=True, extra_args=no_auto)
     try:
         cluster.start()
-        for n in (int(x) for x in args.ranges.split(",")):
+        for n in (int(x) for x in args.ranges.split(",") if x):
             split_into(cluster, n)
             time.sleep(args.settle)
             spread = leaders(cluster)
@@ -108,6 +113,8 @@ def main() -> int:
                 key = b"idle/%06d" % i
                 if key not in have:
                     cl.split(key)
+                if i % 100 == 0:
+                    print(f"  {i} splits, {time.monotonic() - t0:.0f} s", flush=True)
             total = len(cl.ranges())
         print(f"split into {total} ranges in {time.monotonic() - t0:.1f} s")
         time.sleep(args.settle)
@@ -121,7 +128,9 @@ def main() -> int:
         after = {i: cpu_seconds(pid) for i, pid in pids.items() if pid}
         for i in sorted(before):
             pct = 100 * (after[i] - before[i]) / args.idle_seconds
-            print(f"idle node {i} with {total} ranges: {pct:.1f}% of a core")
+            st = cluster.nodes[i].status() or {}
+            quiet = sum(bool(r.get("quiet")) for r in st.get("ranges", []))
+            print(f"idle node {i} with {total} ranges ({quiet} quiet): {pct:.1f}% of a core")
     finally:
         cluster.stop()
     return 0
