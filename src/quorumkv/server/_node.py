@@ -18,7 +18,11 @@ group this node does not host is dropped, with a rate-limited log line); client
 requests are queued on the replica that serves them (group 1, for now); a snapshot
 stream goes to the replica its SNAP message names. Any input schedules ONE ``_drive``
 call for the end of the loop iteration (``call_soon``), so all the input of an
-iteration is handled as one batch:
+iteration is handled as one batch. A drive looks only at the replicas that had input
+since the last one (``schedule(replica)``, and every replica a peer message reached),
+so a node with a thousand ranges does not poll a thousand cores per message; the drive
+after each tick looks at every replica that is not quiet, which also catches any input
+that did not mark its replica:
 
 1. each replica turns its queued writes into one ``propose_many`` and its queued
    linearizable reads into one ``read_index`` request;
@@ -195,6 +199,10 @@ class Node:
         self._spool_seq = 0
         self.op_counts: dict[str, int] = dict.fromkeys(_OP_NAMES.values(), 0)
         self._drive_scheduled = False
+        self._active: set[Replica] = set()
+        """Replicas with input since the last drive: the ones it looks at."""
+        self._full_pass = True
+        """The next drive looks at every replica (set by each tick)."""
         self._commit_due = False
         self.heard: dict[int, float] = {}
         """When each peer's last frame arrived (monotonic): what keeps quiet groups safe."""
@@ -279,6 +287,7 @@ class Node:
         return link
 
     def _peer_connected(self, peer: int) -> None:
+        self._full_pass = True
         self.schedule()
 
     def sync_links(self) -> None:
@@ -299,7 +308,7 @@ class Node:
         replica = Replica(self, group, sm)
         self.replicas[group] = replica
         self.sync_links()
-        self.schedule()
+        self.schedule(replica)
         return replica
 
     def remove_replica(self, group: GroupId, why: str) -> None:
@@ -362,6 +371,7 @@ class Node:
                 if replica.quiet:
                     replica.wake()
                 replica.raw.step(m)
+                self._active.add(replica)
             except MessageRejected as e:
                 log.warning("dropped a message from node %d: %s", frm, e)
             except ProposalDropped:
@@ -482,7 +492,12 @@ class Node:
 
     # -- the drive cycle -----------------------------------------------------------------
 
-    def schedule(self) -> None:
+    def schedule(self, replica: Replica | None = None) -> None:
+        """Drive at the end of this loop iteration: the replicas that had input since
+        the last drive (``replica``, the ones a peer message reached), or all of them
+        after a tick (``_full_pass``)."""
+        if replica is not None:
+            self._active.add(replica)
         if not self._drive_scheduled:
             self._drive_scheduled = True
             self.loop.call_soon(self._drive)
@@ -506,7 +521,17 @@ class Node:
             if n:
                 self.metrics.client_requests[name].inc(n)  # once per batch, not per request
                 self.op_counts[name] = 0
-        replicas = list(self.replicas.values())
+        if self._full_pass:
+            # After a tick: every replica that is not quiet (a quiet one has input only
+            # through a message or a request, which mark it active). This pass is also
+            # the safety net for input that did not mark its replica.
+            self._full_pass = False
+            replicas = [r for r in self.replicas.values() if not r.quiet or r in self._active]
+        else:
+            hosted = self.replicas
+            active = [r for r in self._active if hosted.get(r.group) is r]
+            replicas = sorted(active, key=_by_group) if len(active) > 1 else active
+        self._active.clear()
         for r in replicas:
             r.propose_queued()
             if r.quiet and r.raw.raft.role is Role.LEADER and r.has_ready():
@@ -520,8 +545,8 @@ class Node:
             self.engine.end_round()
         for r in replicas:
             r.maybe_compact()
-        if any(r.has_ready() for r in replicas):
-            self.schedule()
+            if r.has_ready():
+                self.schedule(r)
 
     def _round(self, replicas: list[Replica]) -> bool:
         """One Ready from every replica that has one, phase by phase (the module
@@ -599,6 +624,7 @@ class Node:
         for link in self.links.values():
             link.keepalive(now, _KEEPALIVE_TICKS * self.cfg.tick_ms / 1000)
         self._commit_due = self.engine.round is not None
+        self._full_pass = True
         self.schedule()
 
     # -- inspection ------------------------------------------------------------------
@@ -671,6 +697,10 @@ class Node:
         self.closed = True
         self.storage.close()
         self.engine.close()
+
+
+def _by_group(r: Replica) -> int:
+    return int(r.group)
 
 
 def _version() -> str:

@@ -168,8 +168,9 @@ class Store(Protocol):
     shards: Shards | None
     """The sharded node's range services (None on an unsharded node)."""
 
-    def schedule(self) -> None:
-        """Run the drive loop at the end of this loop iteration."""
+    def schedule(self, replica: Replica | None = None) -> None:
+        """Run the drive loop at the end of this loop iteration, for ``replica`` (which
+        has input or a Ready) among others."""
 
     def link(self, peer: int) -> PeerLink | None:
         """The link to ``peer``, made if its address is known; None if not."""
@@ -386,7 +387,7 @@ class Replica:
         if raw.forget_leader():
             delay = random.uniform(0, 2 * self.store.cfg.tick_ms / 1000)
             self.store.loop.call_later(delay, self._early_campaign)
-            self.store.schedule()
+            self.store.schedule(self)
 
     def _early_campaign(self) -> None:
         raw = self.raw
@@ -394,7 +395,7 @@ class Replica:
             return
         if raw.raft.lead == NONE and raw.raft.role is Role.FOLLOWER:
             raw.campaign()
-            self.store.schedule()
+            self.store.schedule(self)
 
     # -- client requests -----------------------------------------------------------------
 
@@ -432,7 +433,7 @@ class Replica:
         # it applies the entry, and a bad one becomes the same error result on all of
         # them, which is what the writer gets. Decoding it twice cost the leader ~9%.
         self.writes.append((body, conn, req_id))
-        self.store.schedule()
+        self.store.schedule(self)
 
     def propose_admin(self, conn: ClientConn, req_id: Any, data: bytes) -> None:
         """Queue an admin entry (``ADMIN_PREFIX``...) the node itself proposes."""
@@ -440,7 +441,7 @@ class Replica:
             self.not_leader(conn, req_id)
             return
         self.admin.append((data, conn, req_id))
-        self.store.schedule()
+        self.store.schedule(self)
 
     def read(self, conn: ClientConn, req_id: Any, body: Any) -> None:
         if not isinstance(self.sm, KVMachine):
@@ -465,7 +466,7 @@ class Replica:
             self._serve(conn, req_id, req)
             return
         self.read_queue.append((conn, req_id, req))
-        self.store.schedule()
+        self.store.schedule(self)
 
     def _serve(self, conn: ClientConn, req_id: Any, req: RangeRequest) -> None:
         try:
@@ -521,7 +522,7 @@ class Replica:
             self._propose(
                 [(stamp_command(first + i, w[0]), w[1], w[2]) for i, w in enumerate(writes)]
             )
-        store.schedule()
+        store.schedule(self)
 
     def _propose(self, writes: list[tuple[bytes, ClientConn, Any]]) -> None:
         raw = self.raw
@@ -902,7 +903,7 @@ class Replica:
                             store.node_id, to, why)  # fmt: skip
             if not store.stopping:
                 self.raw.report_snapshot(to, ok)
-                store.schedule()
+                store.schedule(self)
 
     def snapshot_received(self, frm: int, m: Message, spool: Path, conn: SnapConn) -> None:
         """A snapshot stream for this group arrived whole (its SNAP message is ``m``)."""
@@ -937,7 +938,7 @@ class Replica:
         finally:
             self.snaps.restoring = False
             spool.unlink(missing_ok=True)
-            self.store.schedule()
+            self.store.schedule(self)
 
     # -- membership and leadership ----------------------------------------------------
 
@@ -976,7 +977,7 @@ class Replica:
                     raise TimeoutError from None
                 await asyncio.sleep(tick_s)
         term = int(self.raw.raft.term)
-        self.store.schedule()
+        self.store.schedule(self)
         await self._until_applied(int(index), term, max(0.1, deadline - time.monotonic()))
         # Leaving the joint configuration is proposed by the core itself once applied.
         while self.raw.raft.trk.conf.joint:
@@ -1094,7 +1095,7 @@ class Replica:
         if target == store.node_id:
             return {"leader": store.node_id}
         self.raw.transfer_leader(NodeId(target))
-        store.schedule()
+        store.schedule(self)
         if wait_s is None:
             wait_s = 2 * store.cfg.election_timeout_s + 1
         deadline = time.monotonic() + wait_s
