@@ -79,12 +79,14 @@ def decode_desc(data: bytes) -> RangeDescriptor | None:
 class KVMachine:
     """A range of keys, kept in the node's engine."""
 
-    __slots__ = ("_rs", "engine", "range_id")
+    __slots__ = ("_desc", "_desc_raw", "_rs", "engine", "range_id")
 
     def __init__(self, engine: Engine, rs: RangeStore | None, range_id: int = 0) -> None:
         self.engine = engine
         self._rs = rs
         self.range_id = rs.range_id if rs is not None else range_id
+        self._desc_raw: bytes | None = None
+        self._desc: RangeDescriptor | None = None
 
     @classmethod
     def pending(cls, engine: Engine, range_id: int) -> KVMachine:
@@ -109,7 +111,13 @@ class KVMachine:
     def desc(self) -> RangeDescriptor | None:
         """The range's descriptor (sharded clusters; None for the unsharded group and
         a pending range)."""
-        return None if self._rs is None else decode_desc(self._rs.desc)
+        if self._rs is None:
+            return None
+        raw = self._rs.desc
+        if raw is not self._desc_raw:
+            # Decoded once per change: housekeeping reads it for every range each second.
+            self._desc, self._desc_raw = decode_desc(raw), raw
+        return self._desc
 
     def applied_index(self) -> int:
         return 0 if self._rs is None else self._rs.applied_index()

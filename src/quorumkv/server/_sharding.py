@@ -30,7 +30,8 @@ ranges, not about Raft:
   sees it (``_reconcile``, every second) and proposes the split the directory recorded.
 * **Heartbeats and placement.** Every second each node reports to the meta range
   (``shard.Heartbeat``) that it is alive, with the stats of the ranges it leads: keys,
-  write rate (smoothed over about five seconds), and the middle key of its index. A
+  write rate (smoothed over about five seconds), and the middle key of its index (stats
+  that did not change since they were last sent go again only every 30 s). A
   range's leader also records itself as the range's leader hint, so clients find
   leaders from ``OP_RANGES`` without a redirect. The meta range's leader runs the
   planner (``shard.plan``) every two seconds on what the directory holds and carries
@@ -114,6 +115,8 @@ _META_DEADLINE_S = 5.0
 _HOUSEKEEPING_S = 1.0
 _PLAN_EVERY = 2
 """Housekeeping rounds between two placement rounds of the meta leader."""
+_STATS_REFRESH_S = 30.0
+"""Unchanged stats of a led range are sent again this often."""
 _RATE_ALPHA = 0.2
 """Weight of the last second in a range's smoothed write rate (about a 5 s average)."""
 
@@ -238,6 +241,9 @@ class Shards:
         self._rounds = 0
         self._writes: dict[int, tuple[int, float]] = {}
         """Per led range: applied writes at the last heartbeat, and the smoothed rate."""
+        self._sent: dict[int, tuple[int, RangeStats, float]] = {}
+        """Per led range: applied writes when its stats were made, the stats, and when
+        they were last sent (monotonic)."""
         self.mover = Mover(self)
 
     def start(self) -> None:
@@ -657,12 +663,14 @@ class Shards:
         if d is None or NodeId(node.node_id) not in d.nodes:
             return  # a joining node, not registered yet
         stats = []
+        now = time.monotonic()
         for group, r in list(node.replicas.items()):
             if group == META or not isinstance(r.sm, KVMachine):
                 continue
             desc = r.sm.desc
             if r.raw.raft.role is not Role.LEADER or desc is None:
                 self._writes.pop(int(group), None)
+                self._sent.pop(int(group), None)
                 continue
             known = d.get(desc.range_id)
             epoch, pending = desc.epoch, tuple[NodeId, ...]()
@@ -675,9 +683,18 @@ class Shards:
             last, rate = self._writes.get(int(group), (count, 0.0))
             rate += _RATE_ALPHA * ((count - last) / _HOUSEKEEPING_S - rate)
             self._writes[int(group)] = (count, rate)
-            keys = r.sm.keys()
-            stats.append(
-                RangeStats(
+            prev = self._sent.get(int(group))
+            if (
+                prev is not None
+                and prev[0] == count
+                and prev[1].epoch == epoch
+                and prev[1].pending == pending
+                and prev[1].write_ops == round(rate, 1)
+            ):
+                st = prev[1]  # nothing applied since: keys and middle key as they were
+            else:
+                keys = r.sm.keys()
+                st = RangeStats(
                     desc.range_id,
                     epoch,
                     NodeId(node.node_id),
@@ -686,7 +703,14 @@ class Shards:
                     middle_key=r.sm.middle_key() if keys > 1 else None,
                     pending=pending,
                 )
-            )
+            # The directory keeps each range's last stats: unchanged ones are sent again
+            # only every ``_STATS_REFRESH_S`` (a thousand quiet ranges cost the meta range
+            # a thousand stats to apply every second otherwise).
+            sent_at = prev[2] if prev is not None else -_STATS_REFRESH_S
+            if prev is None or st != prev[1] or now - sent_at >= _STATS_REFRESH_S:
+                stats.append(st)
+                sent_at = now
+            self._sent[int(group)] = (count, st, sent_at)
         beat = Heartbeat(NodeId(node.node_id), time.time(), tuple(stats))
         self.spawn(("heartbeat", 0), self.meta_call(encode_command(beat)))
 
