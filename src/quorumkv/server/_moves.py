@@ -177,6 +177,11 @@ class Mover:
             known = d.get(RangeId(int(group)))
             if known is not None and known.replica(me) is not None:
                 continue
+            if r.quiet:
+                # Not listed here, yet quiet: a stale leader (deposed while it was quiet)
+                # or a follower that missed its removal. Ticking again lets check-quorum
+                # depose the one and the other's silence show, so both are collected.
+                r.wake()
             if r.snaps.restoring:
                 continue
             if r.sm.is_pending:

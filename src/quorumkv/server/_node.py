@@ -382,10 +382,13 @@ class Node:
         """A node-level message that is not Raft's: a leader going quiet."""
         if doc[0] != QUIESCE or len(doc) != 4:
             raise MessageRejected(f"unknown control message {doc[0]!r}")
-        _, group, term, index = doc
-        replica = self.replicas.get(GroupId(int(group)))
+        try:
+            group, term, index = (int(x) for x in doc[1:])
+        except (TypeError, ValueError) as e:
+            raise MessageRejected(f"malformed control message: {e}") from None
+        replica = self.replicas.get(GroupId(group))
         if replica is not None and replica.quiescable:
-            replica.quiesce_from(frm, int(term), int(index))
+            replica.quiesce_from(frm, term, index)
 
     def _unhosted_input(self, group: int, frm: int, what: str) -> None:
         """Input for a group this node does not host is dropped (once groups split and

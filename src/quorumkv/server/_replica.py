@@ -814,7 +814,9 @@ class Replica:
             or self.sm.applied_index() < last
             or self.busy()
             or any(
-                int(pr.match) != last or pr.state.value != "replicate"
+                # A member probed since a link failure but holding the whole log counts:
+                # an idle group never sends it an append to bring it back to replicate.
+                int(pr.match) != last or pr.state.value == "snapshot"
                 for nid, pr in raft.trk.progress.items()
                 if nid != raft.id
             )
@@ -843,7 +845,13 @@ class Replica:
             and int(raft.lead) == frm
             and int(raft.term) == term
             and int(raft.log.last_index()) == index
+            and int(raft.log.committed) == index
+            and self.sm.applied_index() >= index
+            and not (self.read_queue or self.read_batches or self.ready_reads)
+            and not self.snaps.restoring
         ):
+            # Else it stays awake: with no heartbeats coming it campaigns, which wakes
+            # the leader, and the group settles before trying again.
             self.quiet = True
 
     def wake(self) -> None:
