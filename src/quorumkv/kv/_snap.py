@@ -42,7 +42,7 @@ import msgpack
 from quorumkv.kv._codec import pack, unpack
 from quorumkv.kv._errors import SnapshotError
 from quorumkv.kv._exec import Dbs
-from quorumkv.kv._index import KeyIndex, rev_from_key, rev_key
+from quorumkv.kv._index import KeyIndex, append_rev, rev_from_key, rev_key
 
 MAGIC = "quorumkv-range-snapshot"
 FORMAT = 3
@@ -208,14 +208,7 @@ class _Installer:
                 raise SnapshotError(f"snapshot record of key {key!r} outside its range")
             if not txn.put(k, v, db=db, overwrite=False):
                 raise SnapshotError(f"snapshot record {k.hex()} is another range's revision")
-            rev = rev_from_key(k, bool(doc[6]))
-            old = revs.get(key)
-            if old is None:
-                revs[key] = rev
-            elif type(old) is int:
-                revs[key] = [old, rev]
-            else:
-                old.append(rev)
+            append_rev(revs, key, rev_from_key(k, bool(doc[6])))
         self.count += len(pairs)
         self.last = last
 
