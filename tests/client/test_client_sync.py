@@ -105,12 +105,13 @@ def test_deadline_errors_cross_the_thread(tmp_path: Path) -> None:
         c.get("k")
 
 
-def test_the_loop_follows_the_installed_policy() -> None:
+def test_the_private_loop_is_uvloops_whatever_the_policy() -> None:
     uvloop = pytest.importorskip("uvloop")
     with Client("127.0.0.1:1") as c:
-        assert not isinstance(c._loop, uvloop.Loop)
+        assert isinstance(c._loop, uvloop.Loop)
+    # The application's policy is its own loop's business, not the client's.
     old = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     try:
         with Client("127.0.0.1:1") as c:
             assert isinstance(c._loop, uvloop.Loop)

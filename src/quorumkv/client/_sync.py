@@ -10,8 +10,9 @@ threads may call at once: their requests are pipelined on the same connection, a
 ``AsyncClient`` state is only ever touched from the loop's thread. Deadlines are the
 ``AsyncClient``'s, so a call never blocks longer than its timeout (plus a dial).
 
-The loop comes from the current event loop policy, so it is a uvloop loop exactly when
-the application installed uvloop's policy. ``close()`` (or leaving the ``with`` block)
+The loop is uvloop's where uvloop is installed (a dependency wherever it builds), else
+the standard one: it is private to the client's thread, so the application's own loop,
+if any, is whatever the application chose. ``close()`` (or leaving the ``with`` block)
 closes the ``AsyncClient`` on the loop, which fails the calls still in flight with
 ``ClientError``, then stops the loop and joins the thread; later calls raise
 ``ClientError`` without touching the loop. A client dropped without ``close()`` is
@@ -50,6 +51,11 @@ from quorumkv.kv import (
     TxnResponse,
 )
 from quorumkv.shard import RangeDescriptor
+
+try:
+    from uvloop import new_event_loop as _new_loop
+except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+    _new_loop = asyncio.new_event_loop  # type: ignore[assignment]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -108,7 +114,7 @@ class Client:
         )
         self._lock = threading.Lock()
         self._closed = False
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         started = threading.Event()
         self._thread = threading.Thread(
             target=_run_loop,
