@@ -116,6 +116,8 @@ def test_register_updates_address_keeps_state_and_never_reuses_removed_ids() -> 
     d.apply(SetNodeState(N4, NodeState.REMOVED))
     refused(d, RegisterNode(N4, "x:1", 0, 9.0), ShardCommandError, "never reused")
     refused(d, SetNodeState(N4, NodeState.UP), ShardCommandError, "cannot come back")
+    # A removal sent again (its first answer was lost) finds it done.
+    assert d.apply(SetNodeState(N4, NodeState.REMOVED)).state is NodeState.REMOVED
     refused(d, Heartbeat(N4, 10.0), ShardCommandError, "removed")
     refused(d, SetNodeState(N5, NodeState.UP), ShardCommandError, "not registered")
     with pytest.raises(ShardCommandError):

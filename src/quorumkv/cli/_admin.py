@@ -1,5 +1,5 @@
 """``qkv status``, ``qkv member list|add|remove``, ``qkv leader transfer``, and, on a
-sharded cluster, ``qkv ranges`` and ``qkv split``.
+sharded cluster, ``qkv ranges``, ``qkv split`` and ``qkv node list|drain|up|remove``.
 
 ``status`` asks every member for its status through the client, then each reachable
 node's own ``/health`` (the node's verdict, not one recomputed here), and prints a
@@ -7,17 +7,22 @@ table; on a sharded cluster (whose table rows are about the meta range) then, pe
 how many ranges of keys it holds and which it leads. ``ranges`` prints the directory's
 ranges with what their leaders report (keys, size, applied index); ``split`` sends an
 operator's split to the leader of the range holding the key and prints both halves.
-Thin: parse, call, print.
+``node`` lists the registered nodes with their state and replica counts, and drains a
+node (the placement driver then moves its replicas and leaders away), brings it back
+up, or removes it for good (refused while it holds a replica; ``--drain`` drains it
+first and waits, printing what is left, until it holds nothing). Thin: parse, call,
+print.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from quorumkv.cli._common import ArgumentParser, connect
+from quorumkv.cli._common import ArgumentParser, UsageError, connect
 from quorumkv.cli._render import (
     META_NOTE,
     RANGES_HEADERS,
@@ -31,7 +36,11 @@ from quorumkv.cli._render import (
     status_rows,
     table,
 )
+from quorumkv.client import Client
+from quorumkv.errors import RequestTimeoutError
 from quorumkv.local import node_health
+
+NODES_HEADERS = ("ID", "ADDRESS", "STATE", "REPLICAS", "LEADERS")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -102,6 +111,68 @@ def cmd_member_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nodes_table(nodes: list[dict[str, Any]]) -> str:
+    rows = [[n["id"], n["addr"], n["state"], n["replicas"], n["leaders"]] for n in nodes]
+    return table(NODES_HEADERS, rows)
+
+
+def cmd_node_list(args: argparse.Namespace) -> int:
+    with connect(args) as c:
+        nodes = c.nodes()
+    if args.json:
+        print(json.dumps(nodes, indent=2, sort_keys=True))
+    else:
+        print(_nodes_table(nodes))
+    return 0
+
+
+def cmd_node_state(args: argparse.Namespace) -> int:
+    state = {"drain": "draining", "up": "up"}[args.node_command]
+    with connect(args) as c:
+        c.set_node_state(args.id, state)
+        print(f"node {args.id} is {state}")
+        if getattr(args, "wait", False):
+            _wait_empty(c, args.id, args.wait_timeout)
+    return 0
+
+
+def cmd_node_remove(args: argparse.Namespace) -> int:
+    with connect(args) as c:
+        if args.drain:
+            c.set_node_state(args.id, "draining")
+            print(f"node {args.id} is draining")
+            _wait_empty(c, args.id, args.wait_timeout)
+        c.set_node_state(args.id, "removed")
+    print(f"node {args.id} is removed; it stops by itself, and its id is never reused")
+    return 0
+
+
+def _wait_empty(c: Client, node_id: int, timeout: float) -> None:
+    """Wait until ``node_id`` holds no replica, printing what is left (replicas, and the
+    ranges whose leader hint names it) whenever it changes; ``RequestTimeoutError``
+    after ``timeout`` seconds."""
+    if timeout <= 0:
+        raise UsageError(f"--wait-timeout must be positive, not {timeout:g}")
+    began = time.monotonic()
+    shown: tuple[int, int] | None = None
+    while True:
+        mine = [n for n in c.nodes() if n["id"] == node_id]
+        left = (mine[0]["replicas"], mine[0]["leaders"]) if mine else (0, 0)
+        waited = time.monotonic() - began
+        if left != shown:
+            print(f"  {waited:6.1f} s: {left[0]} replicas, {left[1]} leaderships left", flush=True)
+            shown = left
+        if left[0] == 0:
+            return
+        if waited > timeout:
+            raise RequestTimeoutError(
+                f"node {node_id} still holds {left[0]} replicas after {timeout:g} s (the "
+                "other nodes may lack room: each range needs its replicas on distinct "
+                "nodes that are up); 'qkv node list' and 'qkv ranges' show where they are"
+            )
+        time.sleep(1.0)
+
+
 def cmd_leader_transfer(args: argparse.Namespace) -> int:
     with connect(args) as c:
         leader = c.transfer_leader(args.id)
@@ -145,6 +216,43 @@ def register(sub: Any, common: ArgumentParser) -> None:
     )
     p.add_argument("key", help="the first key of the new range")
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser(
+        "node", help="a sharded cluster's nodes: list them, drain, restore or remove one"
+    )
+    nsub = p.add_subparsers(dest="node_command", required=True, metavar="{list,drain,up,remove}")
+    m = nsub.add_parser(
+        "list", parents=[common], help="the registered nodes: state, replicas, leaderships"
+    )
+    m.add_argument("--json", action="store_true", help="print the nodes as JSON")
+    m.set_defaults(func=cmd_node_list)
+    for name, text in (
+        ("drain", "move every replica and leadership off node ID (it keeps serving)"),
+        ("up", "let node ID take replicas again (undo a drain)"),
+    ):
+        m = nsub.add_parser(name, parents=[common], help=text)
+        m.add_argument("id", type=int, metavar="ID")
+        if name == "drain":
+            m.add_argument(
+                "--wait", action="store_true", help="wait, showing progress, until it is empty"
+            )
+            m.add_argument(
+                "--wait-timeout", type=float, default=600.0, metavar="S", help="seconds (600)"
+            )
+        m.set_defaults(func=cmd_node_state)
+    m = nsub.add_parser(
+        "remove",
+        parents=[common],
+        help="remove node ID for good (it must hold nothing; --drain empties it first)",
+        description="Mark node ID removed in the directory. Refused while it holds a "
+        "replica: drain it first ('qkv node drain ID --wait'), or pass --drain to drain "
+        "it, wait until it is empty, and then remove it. The node stops by itself; its "
+        "data directory stays; its id is never reused.",
+    )
+    m.add_argument("id", type=int, metavar="ID")
+    m.add_argument("--drain", action="store_true", help="drain it and wait first")
+    m.add_argument("--wait-timeout", type=float, default=600.0, metavar="S", help="seconds (600)")
+    m.set_defaults(func=cmd_node_remove)
 
     p = sub.add_parser("member", help="list, add or remove members")
     msub = p.add_subparsers(dest="member_command", required=True, metavar="{list,add,remove}")

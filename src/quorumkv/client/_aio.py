@@ -63,6 +63,7 @@ from quorumkv.kv._codec import encode_get, encode_put, encode_request
 from quorumkv.net import (
     OP_MEMBER_ADD,
     OP_MEMBER_REMOVE,
+    OP_NODE_STATE,
     OP_STATUS,
     OP_TRANSFER,
     parse_address,
@@ -367,6 +368,53 @@ class AsyncClient(Router):
         outcome is unknown: then ``RequestTimeoutError``; look at ``ranges``."""
         await self._require_sharded(timeout)
         return await self.shards.split(to_bytes("key", key), timeout)
+
+    async def nodes(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The registered nodes of a sharded cluster as the directory knows them now,
+        by id: ``[{"id", "addr", "state", "replicas", "leaders"}]`` (``replicas``: the
+        ranges with a replica there, learners included; ``leaders``: the ranges whose
+        leader hint names it). Raises ``ClientError`` on an unsharded cluster."""
+        descs = await self.ranges(timeout=timeout)
+        replicas: dict[int, int] = {}
+        leaders: dict[int, int] = {}
+        for d in descs:
+            for r in d.replicas:
+                replicas[int(r.node_id)] = replicas.get(int(r.node_id), 0) + 1
+            if d.leader:
+                leaders[int(d.leader)] = leaders.get(int(d.leader), 0) + 1
+        shards = self.shards
+        ids = sorted(set(shards.states) | set(replicas))
+        return [
+            {
+                "id": n,
+                "addr": shards.nodes.get(n, ""),
+                "state": shards.states.get(n, "unknown"),
+                "replicas": replicas.get(n, 0),
+                "leaders": leaders.get(n, 0),
+            }
+            for n in ids
+        ]
+
+    async def set_node_state(
+        self, node_id: int, state: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Set node ``node_id``'s state in a sharded cluster's directory: ``"draining"``
+        (it keeps serving while the placement driver moves every replica and leader off
+        it), ``"up"`` (it takes replicas again), or ``"removed"`` (for good: refused with
+        ``MembershipError`` while it still holds a replica; the node then stops by
+        itself, and its id is never reused). Returns ``{"id", "addr", "state"}``."""
+        _check_node_id(node_id)
+        if state not in ("up", "draining", "removed"):
+            raise MalformedRequestError(
+                f"node state must be 'up', 'draining' or 'removed', not {state!r}"
+            )
+        await self._require_sharded(timeout)
+        answer, at = await self._call(
+            OP_NODE_STATE, [node_id, state], timeout, "set_node_state", slow=True
+        )
+        if not isinstance(answer, list) or len(answer) != 5:
+            raise ProtocolError(f"{at} sent an unreadable node record: {answer!r:.200}")
+        return {"id": answer[0], "addr": answer[1], "state": answer[3]}
 
     async def _require_sharded(self, timeout: float | None) -> None:
         if self.sharded is None:

@@ -136,6 +136,8 @@ class Shards:
         self.cache = RangeCache()
         self.nodes: dict[int, str] = {}
         """Node id → address, from ``OP_RANGES`` answers."""
+        self.states: dict[int, str] = {}
+        """Node id → state (``up``, ``draining``, ``removed``), from the same answers."""
         self.routers: dict[int, Router] = {}
         self._epochs: dict[int, object] = {}
         """The epoch each router was last pointed at its replicas by."""
@@ -166,9 +168,11 @@ class Shards:
         try:
             descs = [RangeDescriptor.from_wire(d) for d in doc["ranges"]]
             nodes = {int(k): str(v) for k, v in doc["nodes"].items()}
+            states = {int(k): str(v) for k, v in doc.get("states", {}).items()}
         except Exception as e:
             raise ProtocolError(f"{addr} sent an unreadable range list: {e!r}") from None
         self.nodes.update(nodes)
+        self.states.update(states)
         self.cache.update(descs)
 
     async def locate(self, key: bytes, att: Attempt, upto: bytes | None = None) -> RangeDescriptor:

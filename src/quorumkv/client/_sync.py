@@ -303,6 +303,16 @@ class Client:
         """``AsyncClient.split``: split the range holding ``key`` at ``key``."""
         return self._run(self._aio.split, key, timeout=timeout)
 
+    def nodes(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``AsyncClient.nodes``: the registered nodes, their states and replica counts."""
+        return self._run(self._aio.nodes, timeout=timeout)
+
+    def set_node_state(
+        self, node_id: int, state: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``AsyncClient.set_node_state``: drain a node, bring it back up, or remove it."""
+        return self._run(self._aio.set_node_state, node_id, state, timeout=timeout)
+
 
 async def _endpoints(aio: AsyncClient) -> list[str]:
     return aio.endpoints

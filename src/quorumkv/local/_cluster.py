@@ -346,14 +346,40 @@ class LocalCluster:
 
     def remove_node(self, node_id: int, *, timeout: float | None = None) -> None:
         """Remove the node from the membership (through the client), stop its process,
-        and forget it in ``cluster.json``. Its data directory and log stay."""
+        and forget it in ``cluster.json``. Its data directory and log stay. On a sharded
+        cluster the node is drained first: this waits (``timeout``, default 300 s) until
+        the placement driver has moved every replica and leadership off it, then marks
+        it removed, and the node stops by itself (``ServerError`` if it cannot be
+        emptied in time, e.g. too few other nodes for each range's replicas)."""
         proc = self._node(node_id)
         with self.client() as c:
-            c.member_remove(node_id)
+            if self.sharded:
+                self._drain(c, node_id, 300.0 if timeout is None else timeout)
+                c.set_node_state(node_id, "removed")
+                deadline = time.monotonic() + self.stop_timeout
+                while proc.alive and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            else:
+                c.member_remove(node_id)
         proc.terminate(self.stop_timeout if timeout is None else timeout)
         del self.nodes[node_id]
         self._spec = self._require_spec().without_node(node_id)
         write_spec(self.data_dir, self._spec)
+
+    @staticmethod
+    def _drain(c: Client, node_id: int, timeout: float) -> None:
+        c.set_node_state(node_id, "draining")
+        deadline = time.monotonic() + timeout
+        while True:
+            mine = [n for n in c.nodes() if n["id"] == node_id]
+            if not mine or mine[0]["replicas"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"node {node_id} still holds {mine[0]['replicas']} replicas after "
+                    f"{timeout:g} s of draining"
+                )
+            time.sleep(0.2)
 
     def client(self, **kwargs: Any) -> Client:
         """A sync ``quorumkv.Client`` on every node's endpoint; close it when done."""

@@ -39,19 +39,26 @@ OP_RANGES          [start, end] (end b"": to the end of     {"ranges": [descript
 OP_SPLIT           [range_id, version, split key]           {"left": descriptor wire,
                                                             "right": descriptor wire}
 OP_META            internal, node to node: [kind, body]     depends on kind
+OP_NODE_STATE      [node_id, "up" | "draining" |            [node_id, addr, capacity,
+                   "removed"]                               state, last heartbeat]
 =================  =======================================  ==============================
 
-The ``OP_RANGE_*``, ``OP_RANGES`` and ``OP_SPLIT`` operations exist only on a sharded
-cluster (the handshake's answer says ``"sharded": true``); there ``OP_WRITE`` and
-``OP_READ`` are refused with ERR_BAD_REQUEST, and on an unsharded cluster the sharded
-operations are. ``version`` is the descriptor version (``Epoch.version``) the client
-routed by (descriptors travel as ``RangeDescriptor.to_wire()``). A range's replica checks
-the keys of every request against its own bounds when it applies or serves it; a key
-outside them is an OK answer whose result decodes to ``OutOfRangeError`` (nothing was
-done, and the session records nothing: the client refreshes its range cache and
-retries elsewhere with the same sequence number). ``OP_RANGES`` may be answered by any
-node that hosts the meta range, from its copy of the directory (possibly a little
-stale: that is what the errors above correct). ``OP_SPLIT`` goes to the range's leader.
+The ``OP_RANGE_*``, ``OP_RANGES``, ``OP_SPLIT`` and ``OP_NODE_STATE`` operations exist
+only on a sharded cluster (the handshake's answer says ``"sharded": true``); there
+``OP_WRITE`` and ``OP_READ`` are refused with ERR_BAD_REQUEST, and on an unsharded
+cluster the sharded operations are. ``version`` is the descriptor version
+(``Epoch.version``) the client routed by (descriptors travel as
+``RangeDescriptor.to_wire()``). A range's replica checks the keys of every request
+against its own bounds when it applies or serves it; a key outside them is an OK answer
+whose result decodes to ``OutOfRangeError`` (nothing was done, and the session records
+nothing: the client refreshes its range cache and retries elsewhere with the same
+sequence number). ``OP_RANGES`` may be answered by any node that hosts the meta range,
+from its copy of the directory (possibly a little stale: that is what the errors above
+correct). ``OP_SPLIT`` goes to the range's leader. ``OP_NODE_STATE`` (an operator
+draining, restoring or removing a node) may go to any node, which runs it through the
+meta range's leader; a refusal (a node that still holds replicas cannot be removed, a
+removed node cannot come back) is ERR_MEMBERSHIP with the directory's reason. The
+``OP_RANGES`` answer also carries ``"states": {"id": state}`` for every registered node.
 
 A kv error decided by the state machine or at the edge (a limit, a compacted revision)
 is an OK answer whose result decodes to the error: the client raises it. The other codes
@@ -94,6 +101,7 @@ MAX_PEER_FRAME = 64 << 20
 
 OP_WRITE, OP_READ, OP_STATUS, OP_MEMBER_ADD, OP_MEMBER_REMOVE, OP_TRANSFER = 1, 2, 3, 4, 5, 6
 OP_RANGE_WRITE, OP_RANGE_READ, OP_RANGES, OP_SPLIT, OP_META = 7, 8, 9, 10, 11
+OP_NODE_STATE = 12
 OPS = frozenset(
     {
         OP_WRITE,
@@ -107,6 +115,7 @@ OPS = frozenset(
         OP_RANGES,
         OP_SPLIT,
         OP_META,
+        OP_NODE_STATE,
     }
 )
 

@@ -78,13 +78,15 @@ async def _serve(cfg: ServerConfig) -> int:
         cfg.listen,
         f", http on {cfg.http}" if cfg.http else "",
     )
-    while not stop.is_set() and node.fatal is None:
+    while not stop.is_set() and node.fatal is None and node.retired is None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
     code = 0
     if node.fatal is not None:
         code = 3
         log.error("node %d exits: %s", cfg.node_id, node.fatal)
+    elif node.retired is not None:
+        log.info("node %d stopping: %s", cfg.node_id, node.retired)
     else:
         log.info("node %d stopping", cfg.node_id)
     await node.stop()

@@ -26,8 +26,12 @@ crash or a change of leader is simply taken again the next second (``Mover.step`
   what its group applied waits for its copy instead of undoing a newer step.
 * **The meta range** (its leader). Every registered node gets a meta replica, so every
   node reads the directory locally: voters on up to three live nodes (the founders
-  first), learners everywhere else. A voter whose node is down past ``down_after`` is
-  replaced: a caught-up learner on a live node is promoted, then the voter removed.
+  first), learners everywhere else. A voter whose node is down past ``down_after``, or
+  draining, or removed, is replaced: a caught-up learner on a live node that is up is
+  promoted, then the voter removed. A learner on a removed node is removed.
+* **Leaving.** A node that its copy of the directory shows removed (an operator drained
+  it, its replicas moved away, then ``OP_NODE_STATE`` marked it removed) stops by
+  itself (``Node.retired``): it holds nothing the cluster needs any more.
 * **Joining.** A node started with ``--join`` registers itself (``RegisterNode``, sent
   to any node it knows, which runs it through the meta leader) until its own meta replica
   shows it registered; the meta leader then adds it as a learner of the meta range.
@@ -283,6 +287,7 @@ class Mover:
         now = time.time()
         me = self.node.node_id
         registered = {int(n) for n, i in d.nodes.items() if i.state is not NodeState.REMOVED}
+        up = {int(n) for n, i in d.nodes.items() if i.state is NodeState.UP}
 
         def live(n: int) -> bool:
             info = d.nodes.get(NodeId(n))
@@ -290,17 +295,28 @@ class Mover:
                 return True
             return info is not None and now - info.last_heartbeat <= down_after
 
+        def eligible(n: int) -> bool:  # may hold a meta vote: up (not draining) and live
+            return n in up and live(n)
+
         for n in sorted(registered - voters - learners):
             return ChangeType.ADD_LEARNER, n
+        for n in sorted(learners - registered):
+            return ChangeType.REMOVE, n  # a learner on a removed node
         live_voters = {v for v in voters if live(v)}
-        if len(live_voters) < META_VOTERS:
+        good_voters = {v for v in voters if eligible(v)}
+        if len(good_voters) < META_VOTERS:
             for n in sorted(learners):
-                if live(n) and r.caught_up(n):
+                if eligible(n) and r.caught_up(n):
                     return ChangeType.ADD_VOTER, n
         if len(live_voters) >= min(META_VOTERS, len(voters)) and len(voters) > META_VOTERS:
             for v in sorted(voters - live_voters):
                 if v != me:
                     return ChangeType.REMOVE, v
+        if len(good_voters) >= META_VOTERS:
+            # A voter on a draining or removed node, once enough good ones vote; this
+            # node's own last (``_change`` hands leadership over instead).
+            for v in sorted(voters - good_voters, key=lambda n: n == me):
+                return ChangeType.REMOVE, v
         return None
 
     # -- the plan ------------------------------------------------------------------------

@@ -52,7 +52,9 @@ a Raft message starts with its type's number): a range's leader going quiet
 (``Replica`` explains quiescence). A link with nothing to carry for two ticks sends an
 empty frame, and every frame records when its peer was last heard (``heard``): each
 tick, a quiet follower whose leader's node has been silent for an election timeout is
-woken, so it elects.
+woken, forgets that leader and campaigns after a short random delay (as when the
+leader's connection closes). A late answer to a quiet leader's last heartbeat does not
+wake it; any other message to a quiet replica does.
 
 A failure anywhere in the drive (the disk, or a bug between ``ready()`` and
 ``advance()``) is fatal: what reached the disk is unknown, so the node answers
@@ -98,6 +100,7 @@ from quorumkv.net import (
     OP_MEMBER_ADD,
     OP_MEMBER_REMOVE,
     OP_META,
+    OP_NODE_STATE,
     OP_RANGE_READ,
     OP_RANGE_WRITE,
     OP_RANGES,
@@ -128,6 +131,7 @@ GROUP = GroupId(1)
 """The one group every node hosts today; it serves every client request."""
 _UNHOSTED_LOG_S = 10.0
 _VOTES = (MessageType.VOTE, MessageType.PRE_VOTE)
+_ACKS = (MessageType.HEARTBEAT_RESP, MessageType.APP_RESP)
 _KEEPALIVE_TICKS = 2
 """A peer link with nothing else to carry sends an empty frame this often (ticks)."""
 COMMIT_ENTRIES = 20_000
@@ -145,6 +149,7 @@ _OP_NAMES = {
     OP_RANGES: "ranges",
     OP_SPLIT: "split",
     OP_META: "meta",
+    OP_NODE_STATE: "member",
 }
 _CODE_NAMES = {
     ERR_NOT_LEADER: "not_leader",
@@ -216,6 +221,8 @@ class Node:
         self.started = time.monotonic()
         self.server: asyncio.Server | None = None
         self.fatal: BaseException | None = None
+        self.retired: str | None = None
+        """Why this node stops by itself although nothing failed (it was removed)."""
 
     # -- start-up --------------------------------------------------------------------
 
@@ -368,7 +375,14 @@ class Node:
                     continue
                 if m.type in _VOTES and getattr(replica.sm, "is_pending", False):
                     continue  # a replica without its snapshot holds nothing to vote on
-                if replica.quiet:
+                if replica.quiet and not (
+                    m.type in _ACKS
+                    and m.term == replica.raw.raft.term
+                    and replica.raw.raft.role is Role.LEADER
+                ):
+                    # A late answer to the last heartbeat before a leader went quiet
+                    # does not wake it; should it call for work (a rejection), the
+                    # drive wakes the leader when it sees the Ready.
                     replica.wake()
                 replica.raw.step(m)
                 self._active.add(replica)
@@ -452,7 +466,7 @@ class Node:
                 self.replicas[GROUP].write(conn, req_id, body)
             else:
                 self.replicas[GROUP].read(conn, req_id, body)
-        elif op in (OP_RANGE_WRITE, OP_RANGE_READ, OP_RANGES, OP_SPLIT, OP_META):
+        elif op in (OP_RANGE_WRITE, OP_RANGE_READ, OP_RANGES, OP_SPLIT, OP_META, OP_NODE_STATE):
             if self.shards is None:
                 self.reply_error(conn, req_id, ERR_BAD_REQUEST,
                                  f"{name} by range: this cluster is not sharded")  # fmt: skip
@@ -460,6 +474,12 @@ class Node:
                 self.shards.request(conn, req_id, op, body)
         elif op == OP_STATUS:
             conn.reply(req_id, OK, self.status())
+        elif self.shards is not None and op in (OP_MEMBER_ADD, OP_MEMBER_REMOVE):
+            # Membership is the directory's: a node joins with --join and leaves by a
+            # drain, never by a change to the meta range's Raft group from outside.
+            why = ("a sharded cluster's nodes join with --join and leave with a drain "
+                   "(OP_NODE_STATE: 'qkv node remove --drain')")  # fmt: skip
+            self.reply_error(conn, req_id, ERR_BAD_REQUEST, why)
         else:
             self.loop.create_task(self._admin(conn, req_id, op, body))
 
@@ -622,7 +642,7 @@ class Node:
                 and r.raw.raft.role is not Role.LEADER
                 and now - self.heard.get(int(r.raw.raft.lead), 0.0) > timeout
             ):
-                r.wake()
+                r.leader_silent()
             r.tick(now)
         for link in self.links.values():
             link.keepalive(now, _KEEPALIVE_TICKS * self.cfg.tick_ms / 1000)

@@ -382,6 +382,20 @@ class Replica:
         raw = self.raw
         if self.store.stopping or raw.raft.role is not Role.FOLLOWER or raw.raft.lead != frm:
             return
+        self._leader_gone()
+
+    def leader_silent(self) -> None:
+        """This quiet replica's leader's node has sent nothing, not even a keepalive,
+        for an election timeout: the timeout has passed already, so forget the leader
+        and campaign soon, as ``peer_lost`` does (waking for a fresh timeout first
+        would double the time a quiet range is without a leader)."""
+        if self.store.stopping or self.raw.raft.role is not Role.FOLLOWER:
+            self.wake()
+            return
+        self._leader_gone()
+
+    def _leader_gone(self) -> None:
+        raw = self.raw
         if self.quiet:
             self.wake()
         if raw.forget_leader():
@@ -856,11 +870,17 @@ class Replica:
 
     def wake(self) -> None:
         """Tick again, from a fresh election timeout: a leader gets a whole window for
-        its followers' answers before check-quorum counts them, and a follower waits a
-        whole timeout for its leader before campaigning."""
+        its followers' answers before check-quorum counts them (and only those), and a
+        follower waits a whole timeout for its leader before campaigning."""
         self.quiet = False
         self._idle_ticks = 0
-        self.raw.raft.election_elapsed = 0
+        raft = self.raw.raft
+        raft.election_elapsed = 0
+        if raft.role is Role.LEADER:
+            # Check-quorum's activity flags date from before the quiet spell: only the
+            # members heard from in the window that starts now may count.
+            for node, pr in raft.trk.progress.items():
+                pr.recent_active = node == raft.id
 
     # -- compaction and snapshots ----------------------------------------------------
 

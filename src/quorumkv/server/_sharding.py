@@ -59,11 +59,14 @@ from quorumkv.errors import ServerError
 from quorumkv.kv import ADMIN_PREFIX, Engine
 from quorumkv.net import (
     ERR_BAD_REQUEST,
+    ERR_MEMBERSHIP,
+    ERR_PROTOCOL,
     ERR_TIMEOUT,
     ERR_UNAVAILABLE,
     ERR_WRONG_RANGE,
     OK,
     OP_META,
+    OP_NODE_STATE,
     OP_RANGE_READ,
     OP_RANGE_WRITE,
     OP_RANGES,
@@ -78,12 +81,14 @@ from quorumkv.shard import (
     Epoch,
     Heartbeat,
     NodeInfo,
+    NodeState,
     PlacementConfig,
     RangeDescriptor,
     RangeId,
     RangeStats,
     RegisterNode,
     SetLeaderHint,
+    SetNodeState,
     ShardCommandError,
     ShardError,
     Split,
@@ -311,6 +316,8 @@ class Shards:
             node.loop.create_task(self._split_request(conn, req_id, body))
         elif op == OP_META:
             node.loop.create_task(self._meta_request(conn, req_id, body))
+        elif op == OP_NODE_STATE:
+            node.loop.create_task(self._node_state(conn, req_id, body))
         else:
             node.reply_error(conn, req_id, ERR_BAD_REQUEST, f"operation {op} is not a range op")
 
@@ -358,7 +365,32 @@ class Shards:
         nodes = {str(n): info.address for n, info in d.nodes.items()}
         for n, addr in self.node.members.items():
             nodes.setdefault(str(n), addr)
-        conn.reply(req_id, OK, {"ranges": [x.to_wire() for x in descs], "nodes": nodes})
+        states = {str(n): info.state.value for n, info in d.nodes.items()}
+        conn.reply(
+            req_id, OK, {"ranges": [x.to_wire() for x in descs], "nodes": nodes, "states": states}
+        )
+
+    async def _node_state(self, conn: ClientConn, req_id: Any, body: Any) -> None:
+        """An operator drains a node, brings it back up, or removes it for good (the
+        directory refuses to remove a node that still holds replicas)."""
+        try:
+            node_id, state = body
+            cmd = SetNodeState(NodeId(int(node_id)), NodeState(str(state)))
+        except (TypeError, ValueError, ShardError) as e:
+            self.node.reply_error(conn, req_id, ERR_BAD_REQUEST, f"bad node state request: {e}")
+            return
+        try:
+            res = await self.meta_call(encode_command(cmd))
+        except MetaUnavailable as e:
+            self.node.reply_error(conn, req_id, ERR_UNAVAILABLE, str(e))
+        else:
+            if isinstance(res, ShardError):
+                self.node.reply_error(conn, req_id, ERR_MEMBERSHIP, str(res))
+            elif isinstance(res, NodeInfo):
+                conn.reply(req_id, OK, res.to_wire())
+            else:
+                self.node.reply_error(conn, req_id, ERR_PROTOCOL, f"unexpected result {res!r}")
+        self.node.flush_clients()
 
     async def _meta_request(self, conn: ClientConn, req_id: Any, body: Any) -> None:
         """Another node's meta entry: run it if this node leads the meta range."""
@@ -648,6 +680,8 @@ class Shards:
                 return
             self._rounds += 1
             try:
+                if self._removed():
+                    return
                 self._reconcile()
                 self.mover.step(self.directory, self.node.cfg.down_after_s)
                 self._heartbeat()
@@ -656,6 +690,15 @@ class Shards:
             except Exception:
                 log.exception("node %d: sharding housekeeping failed", self.node.node_id)
 
+    def _removed(self) -> bool:
+        """Whether the directory shows this node removed; then it retires (stops)."""
+        d = self.directory
+        info = d.nodes.get(NodeId(self.node.node_id)) if d is not None else None
+        if info is None or info.state is not NodeState.REMOVED:
+            return False
+        self.node.retired = f"node {self.node.node_id} was removed from the cluster"
+        return True
+
     def _heartbeat(self) -> None:
         """Tell the meta range this node is alive, with the stats of its led ranges."""
         node = self.node
@@ -663,6 +706,7 @@ class Shards:
         if d is None or NodeId(node.node_id) not in d.nodes:
             return  # a joining node, not registered yet
         stats = []
+        fresh: dict[int, tuple[int, RangeStats, float]] = {}
         now = time.monotonic()
         for group, r in list(node.replicas.items()):
             if group == META or not isinstance(r.sm, KVMachine):
@@ -706,13 +750,19 @@ class Shards:
             # The directory keeps each range's last stats: unchanged ones are sent again
             # only every ``_STATS_REFRESH_S`` (a thousand quiet ranges cost the meta range
             # a thousand stats to apply every second otherwise).
-            sent_at = prev[2] if prev is not None else -_STATS_REFRESH_S
-            if prev is None or st != prev[1] or now - sent_at >= _STATS_REFRESH_S:
+            # A stats record counts as sent once the meta range took the heartbeat.
+            if prev is None or st != prev[1] or now - prev[2] >= _STATS_REFRESH_S:
                 stats.append(st)
-                sent_at = now
-            self._sent[int(group)] = (count, st, sent_at)
+                fresh[int(group)] = (count, st, now)
+            else:
+                self._sent[int(group)] = (count, st, prev[2])
         beat = Heartbeat(NodeId(node.node_id), time.time(), tuple(stats))
-        self.spawn(("heartbeat", 0), self.meta_call(encode_command(beat)))
+        self.spawn(("heartbeat", 0), self._beat(beat, fresh))
+
+    async def _beat(self, beat: Heartbeat, fresh: dict[int, tuple[int, RangeStats, float]]) -> None:
+        res = await self.meta_call(encode_command(beat))
+        if not isinstance(res, ShardError):
+            self._sent.update(fresh)
 
     def _place(self) -> None:
         """The meta leader's placement round: plan, then carry out splits and leader
@@ -721,7 +771,8 @@ class Shards:
         meta, d = self.meta, self.directory
         if meta is None or d is None or meta.raw.raft.role is not Role.LEADER:
             return
-        factor = max(1, min(3, len(d.nodes)))
+        kept = sum(1 for i in d.nodes.values() if i.state is not NodeState.REMOVED)
+        factor = max(1, min(3, kept))
         cfg = PlacementConfig(
             replication_factor=factor,
             split_keys=node.cfg.split_keys,

@@ -225,6 +225,8 @@ class Directory:
 
     def _set_state(self, cmd: SetNodeState) -> NodeInfo:
         old = self._node(cmd.node_id)
+        if old.state is NodeState.REMOVED and cmd.state is NodeState.REMOVED:
+            return old  # a retried removal (its first answer lost) finds it done
         if old.state is NodeState.REMOVED:
             raise ShardCommandError(f"node {cmd.node_id} was removed; it cannot come back")
         if cmd.state is NodeState.REMOVED:
