@@ -26,9 +26,11 @@ crash or a change of leader is simply taken again the next second (``Mover.step`
   what its group applied waits for its copy instead of undoing a newer step.
 * **The meta range** (its leader). Every registered node gets a meta replica, so every
   node reads the directory locally: voters on up to three live nodes (the founders
-  first), learners everywhere else. A voter whose node is down past ``down_after``, or
-  draining, or removed, is replaced: a caught-up learner on a live node that is up is
-  promoted, then the voter removed. A learner on a removed node is removed.
+  first), learners everywhere else. A voter whose node is down past ``down_after`` is
+  replaced: a caught-up learner on a live node that is up is promoted, then the voter
+  removed. A voter on a draining or removed node is replaced the same way but demoted
+  to a learner, so it keeps reading the directory; a learner on a removed node is
+  removed once it has been silent for ``down_after``.
 * **Leaving.** A node that its copy of the directory shows removed (an operator drained
   it, its replicas moved away, then ``OP_NODE_STATE`` marked it removed) stops by
   itself (``Node.retired``): it holds nothing the cluster needs any more.
@@ -258,8 +260,9 @@ class Mover:
 
     async def _change(self, r: Replica, kind: ChangeType, target: int, conf_ver: int) -> None:
         node = self.node
-        if kind is ChangeType.REMOVE and target == node.node_id:
-            # The leader cannot remove itself: hand over, and the next leader does it.
+        if kind in (ChangeType.REMOVE, ChangeType.ADD_LEARNER) and target == node.node_id:
+            # The leader cannot remove or demote itself: hand over, and the next leader
+            # does it.
             await r.transfer(0)
             return
         log.info("node %d: range %d: %s node %d (directory replicas version %d)",
@@ -301,7 +304,10 @@ class Mover:
         for n in sorted(registered - voters - learners):
             return ChangeType.ADD_LEARNER, n
         for n in sorted(learners - registered):
-            return ChangeType.REMOVE, n  # a learner on a removed node
+            if not live(n):
+                # A learner on a removed node, once it has gone quiet: until then it
+                # still reads the directory, which is how it learns it was removed.
+                return ChangeType.REMOVE, n
         live_voters = {v for v in voters if live(v)}
         good_voters = {v for v in voters if eligible(v)}
         if len(good_voters) < META_VOTERS:
@@ -313,10 +319,11 @@ class Mover:
                 if v != me:
                     return ChangeType.REMOVE, v
         if len(good_voters) >= META_VOTERS:
-            # A voter on a draining or removed node, once enough good ones vote; this
-            # node's own last (``_change`` hands leadership over instead).
-            for v in sorted(voters - good_voters, key=lambda n: n == me):
-                return ChangeType.REMOVE, v
+            # A live voter on a draining or removed node, once enough good ones vote, is
+            # demoted to a learner: it keeps reading the directory (and so learns when
+            # it is removed). This node's own last (``_change`` hands leadership over).
+            for v in sorted(live_voters - good_voters, key=lambda n: n == me):
+                return ChangeType.ADD_LEARNER, v
         return None
 
     # -- the plan ------------------------------------------------------------------------
