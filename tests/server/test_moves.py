@@ -112,7 +112,7 @@ def test_a_draining_or_removed_meta_voter_moves_to_a_node_that_is_up() -> None:
     d = _directory({1: now, 2: now, 3: now, 4: now})
     d.apply(SetNodeState(NodeId(2), NodeState.DRAINING))
     m = _mover()
-    # Not caught up: wait; caught up: promote, then remove the draining voter.
+    # Not caught up: wait; caught up: promote, then demote the draining voter.
     assert m._meta_step(_replica({1, 2, 3}, {4}, set()), d, 30.0) is None
     assert m._meta_step(_replica({1, 2, 3}, {4}, {4}), d, 30.0) == (ChangeType.ADD_VOTER, 4)
     assert m._meta_step(_replica({1, 2, 3, 4}), d, 30.0) == (ChangeType.ADD_LEARNER, 2)
@@ -120,7 +120,7 @@ def test_a_draining_or_removed_meta_voter_moves_to_a_node_that_is_up() -> None:
     d = _directory({1: now, 2: now, 3: now})
     d.apply(SetNodeState(NodeId(2), NodeState.DRAINING))
     assert m._meta_step(_replica({1, 2, 3}), d, 30.0) is None
-    # This node draining: it removes itself last (``_change`` hands over first).
+    # This node draining: it demotes itself last (``_change`` hands over first).
     d = _directory({1: now, 2: now, 3: now, 4: now})
     d.apply(SetNodeState(NodeId(ME), NodeState.DRAINING))
     assert m._meta_step(_replica({1, 2, 3, 4}), d, 30.0) == (ChangeType.ADD_LEARNER, ME)
@@ -130,7 +130,8 @@ def test_a_meta_learner_on_a_removed_node_is_removed_once_silent() -> None:
     now = time.time()
     d = _directory({1: now, 2: now, 3: now, 4: now})
     d.apply(SetNodeState(NodeId(4), NodeState.REMOVED))
-    # Still heartbeating (it has not read its removal yet): kept, so it can.
+    # Its last heartbeat (before the removal; later ones are refused) is recent:
+    # kept a while, so that it reads its removal.
     assert _mover()._meta_step(_replica({1, 2, 3}, {4}), d, 30.0) is None
     d = _directory({1: now, 2: now, 3: now, 4: now - 60})
     d.apply(SetNodeState(NodeId(4), NodeState.REMOVED))

@@ -37,7 +37,7 @@ from quorumkv.cli._render import (
     table,
 )
 from quorumkv.client import Client
-from quorumkv.errors import RequestTimeoutError
+from quorumkv.errors import ClientError, RequestTimeoutError
 from quorumkv.local import node_health
 
 NODES_HEADERS = ("ID", "ADDRESS", "STATE", "REPLICAS", "LEADERS")
@@ -128,49 +128,79 @@ def cmd_node_list(args: argparse.Namespace) -> int:
 
 def cmd_node_state(args: argparse.Namespace) -> int:
     state = {"drain": "draining", "up": "up"}[args.node_command]
+    wait = getattr(args, "wait", False)
+    if wait:
+        _check_timeout(args.wait_timeout)
     with connect(args) as c:
         c.set_node_state(args.id, state)
         print(f"node {args.id} is {state}")
-        if getattr(args, "wait", False):
+        if wait:
             _wait_empty(c, args.id, args.wait_timeout)
     return 0
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
+    if args.drain:
+        _check_timeout(args.wait_timeout)
     with connect(args) as c:
+        state = next((n["state"] for n in c.nodes() if n["id"] == args.id), None)
+        if state == "removed":
+            print(f"node {args.id} was removed already")
+            return 0
         if args.drain:
             c.set_node_state(args.id, "draining")
             print(f"node {args.id} is draining")
             _wait_empty(c, args.id, args.wait_timeout)
         c.set_node_state(args.id, "removed")
-    print(f"node {args.id} is removed; it stops by itself, and its id is never reused")
+    print(f"node {args.id} is removed: once none of its groups counts it any more it stops "
+          "by itself (if it runs); its id is never reused")  # fmt: skip
     return 0
 
 
-def _wait_empty(c: Client, node_id: int, timeout: float) -> None:
-    """Wait until ``node_id`` holds no replica, printing what is left (replicas, and the
-    ranges whose leader hint names it) whenever it changes; ``RequestTimeoutError``
-    after ``timeout`` seconds."""
+def _check_timeout(timeout: float) -> None:
     if timeout <= 0:
         raise UsageError(f"--wait-timeout must be positive, not {timeout:g}")
+
+
+def _wait_empty(c: Client, node_id: int, timeout: float) -> None:
+    """Wait until the directory lists no replica on ``node_id`` and the node itself (if
+    it answers) hosts no range, printing what is left whenever it changes;
+    ``RequestTimeoutError`` after ``timeout`` seconds (the node stays draining)."""
     began = time.monotonic()
-    shown: tuple[int, int] | None = None
+    shown: tuple[int, int, int] | None = None
     while True:
-        mine = [n for n in c.nodes() if n["id"] == node_id]
-        left = (mine[0]["replicas"], mine[0]["leaders"]) if mine else (0, 0)
         waited = time.monotonic() - began
-        if left != shown:
-            print(f"  {waited:6.1f} s: {left[0]} replicas, {left[1]} leaderships left", flush=True)
+        left: tuple[int, int, int] | None
+        try:
+            left = _left_on(c, node_id)
+        except ClientError as e:  # a leader changing, a node restarting: ask again
+            print(f"  {waited:6.1f} s: {e}; asking again", flush=True)
+            left = shown
+        if left is not None and left != shown:
+            print(f"  {waited:6.1f} s: {left[0]} replicas in the directory, {left[1]} "
+                  f"hosted on the node, {left[2]} leaderships left", flush=True)  # fmt: skip
             shown = left
-        if left[0] == 0:
+        if left is not None and left[:2] == (0, 0):
             return
         if waited > timeout:
             raise RequestTimeoutError(
-                f"node {node_id} still holds {left[0]} replicas after {timeout:g} s (the "
-                "other nodes may lack room: each range needs its replicas on distinct "
-                "nodes that are up); 'qkv node list' and 'qkv ranges' show where they are"
+                f"node {node_id} is still draining after {timeout:g} s ('qkv node list' "
+                "and 'qkv ranges' show what is left; 'qkv node up "
+                f"{node_id}' undoes the drain)"
             )
         time.sleep(1.0)
+
+
+def _left_on(c: Client, node_id: int) -> tuple[int, int, int]:
+    """(replicas the directory lists on the node, ranges the node itself hosts, range
+    leader hints naming it); the node's own count is 0 when it does not answer."""
+    mine = [n for n in c.nodes() if n["id"] == node_id]
+    listed, leads = (mine[0]["replicas"], mine[0]["leaders"]) if mine else (0, 0)
+    hosted = 0
+    for st in c.cluster_status():
+        if st.get("id") == node_id and "error" not in st:
+            hosted = len(st.get("ranges") or [])
+    return listed, hosted, leads
 
 
 def cmd_leader_transfer(args: argparse.Namespace) -> int:

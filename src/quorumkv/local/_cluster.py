@@ -354,9 +354,10 @@ class LocalCluster:
         proc = self._node(node_id)
         with self.client() as c:
             if self.sharded:
-                self._drain(c, node_id, 300.0 if timeout is None else timeout)
+                deadline = time.monotonic() + (300.0 if timeout is None else timeout)
+                self._drain(c, proc, deadline)
                 c.set_node_state(node_id, "removed")
-                deadline = time.monotonic() + self.stop_timeout
+                # It stops by itself once none of its groups counts it any more.
                 while proc.alive and time.monotonic() < deadline:
                     time.sleep(0.05)
             else:
@@ -367,17 +368,21 @@ class LocalCluster:
         write_spec(self.data_dir, self._spec)
 
     @staticmethod
-    def _drain(c: Client, node_id: int, timeout: float) -> None:
-        c.set_node_state(node_id, "draining")
-        deadline = time.monotonic() + timeout
+    def _drain(c: Client, proc: NodeProcess, deadline: float) -> None:
+        """Drain ``proc``'s node until the directory lists nothing on it and the node
+        (if it answers) hosts no range."""
+        c.set_node_state(proc.id, "draining")
         while True:
-            mine = [n for n in c.nodes() if n["id"] == node_id]
-            if not mine or mine[0]["replicas"] == 0:
+            mine = [n for n in c.nodes() if n["id"] == proc.id]
+            listed = mine[0]["replicas"] if mine else 0
+            st = proc.status(timeout=1.0) if proc.alive else None
+            hosted = len((st or {}).get("ranges") or [])
+            if listed == 0 and hosted == 0:
                 return
             if time.monotonic() > deadline:
                 raise ServerError(
-                    f"node {node_id} still holds {mine[0]['replicas']} replicas after "
-                    f"{timeout:g} s of draining"
+                    f"node {proc.id} is still draining ({listed} replicas in the directory, "
+                    f"{hosted} hosted); 'qkv node up {proc.id}' undoes the drain"
                 )
             time.sleep(0.2)
 

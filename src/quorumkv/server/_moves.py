@@ -32,8 +32,10 @@ crash or a change of leader is simply taken again the next second (``Mover.step`
   to a learner, so it keeps reading the directory; a learner on a removed node is
   removed once it has been silent for ``down_after``.
 * **Leaving.** A node that its copy of the directory shows removed (an operator drained
-  it, its replicas moved away, then ``OP_NODE_STATE`` marked it removed) stops by
-  itself (``Node.retired``): it holds nothing the cluster needs any more.
+  it, its replicas moved away, then ``OP_NODE_STATE`` marked it removed), or whose
+  heartbeat the meta range refuses as removed, stops by itself (``Node.retired``), but
+  only once no group still counts it (``Shards._may_retire``): until then it keeps
+  handing over and collecting, and reports nothing.
 * **Joining.** A node started with ``--join`` registers itself (``RegisterNode``, sent
   to any node it knows, which runs it through the meta leader) until its own meta replica
   shows it registered; the meta leader then adds it as a learner of the meta range.

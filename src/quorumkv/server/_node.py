@@ -383,7 +383,7 @@ class Node:
                     # A late answer to the last heartbeat before a leader went quiet
                     # does not wake it; should it call for work (a rejection), the
                     # drive wakes the leader when it sees the Ready.
-                    replica.wake()
+                    self._wake(replica)
                 replica.raw.step(m)
                 self._active.add(replica)
             except MessageRejected as e:
@@ -627,6 +627,21 @@ class Node:
         self.dirty.clear()
 
     # -- ticks -----------------------------------------------------------------------
+
+    def _wake(self, r: Replica) -> None:
+        """Wake a quiet replica for a message; a follower whose leader's node has been
+        silent past an election timeout is told so (``leader_silent``), as the tick
+        would: woken plainly, it would keep that leader and refuse the very pre-vote
+        that woke it."""
+        lead = int(r.raw.raft.lead)
+        if (
+            r.raw.raft.role is not Role.LEADER
+            and lead
+            and time.monotonic() - self.heard.get(lead, 0.0) > self.cfg.election_timeout_s
+        ):
+            r.leader_silent()
+        else:
+            r.wake()
 
     def _tick(self) -> None:
         self._tick_handle = self.loop.call_later(self.cfg.tick_ms / 1000, self._tick)

@@ -76,6 +76,7 @@ from quorumkv.net import (
 )
 from quorumkv.shard import (
     KEYSPACE_END,
+    REMOVED_REFUSAL,
     Bootstrap,
     Directory,
     Epoch,
@@ -185,6 +186,12 @@ class FutureConn:
         return 0
 
 
+def _replication_factor(d: Directory) -> int:
+    """Replicas per range: 3, or every node that is not removed when there are fewer."""
+    kept = sum(1 for i in d.nodes.values() if i.state is not NodeState.REMOVED)
+    return max(1, min(3, kept))
+
+
 def result_to_wire(res: Any) -> list[Any]:
     """A meta entry's result as msgpack (for ``OP_META`` answers)."""
     if isinstance(res, int):
@@ -247,6 +254,7 @@ class Shards:
         self._writes: dict[int, tuple[int, float]] = {}
         """Per led range: applied writes at the last heartbeat, and the smoothed rate."""
         self._sent: dict[int, tuple[int, RangeStats, float]] = {}
+        self._told_removed = False
         """Per led range: applied writes when its stats were made, the stats, and when
         they were last sent (monotonic)."""
         self.mover = Mover(self)
@@ -379,6 +387,19 @@ class Shards:
         except (TypeError, ValueError, ShardError) as e:
             self.node.reply_error(conn, req_id, ERR_BAD_REQUEST, f"bad node state request: {e}")
             return
+        d = self.directory
+        if cmd.state is NodeState.DRAINING and d is not None and cmd.node_id in d.nodes:
+            factor = _replication_factor(d)
+            up = [n for n, i in d.nodes.items() if i.state is NodeState.UP and n != cmd.node_id]
+            if len(up) < factor:
+                why = (
+                    f"draining node {cmd.node_id} would never finish: each range keeps "
+                    f"{factor} replicas on distinct nodes that are up, and only {len(up)} "
+                    "other nodes are up; add a node first"
+                )
+                self.node.reply_error(conn, req_id, ERR_MEMBERSHIP, why)
+                self.node.flush_clients()
+                return
         try:
             res = await self.meta_call(encode_command(cmd))
         except MetaUnavailable as e:
@@ -680,10 +701,13 @@ class Shards:
                 return
             self._rounds += 1
             try:
-                if self._removed():
+                removed = self._removed()
+                if removed and self._may_retire():
                     return
                 self._reconcile()
                 self.mover.step(self.directory, self.node.cfg.down_after_s)
+                if removed:
+                    continue  # hand over and collect what is left; report nothing
                 self._heartbeat()
                 if self._rounds % _PLAN_EVERY == 0:
                     self._place()
@@ -691,12 +715,31 @@ class Shards:
                 log.exception("node %d: sharding housekeeping failed", self.node.node_id)
 
     def _removed(self) -> bool:
-        """Whether the directory shows this node removed; then it retires (stops)."""
+        """Whether this node was removed: its copy of the directory says so, or the
+        meta range refused its heartbeat for that reason."""
+        if self._told_removed:
+            return True
         d = self.directory
         info = d.nodes.get(NodeId(self.node.node_id)) if d is not None else None
-        if info is None or info.state is not NodeState.REMOVED:
-            return False
-        self.node.retired = f"node {self.node.node_id} was removed from the cluster"
+        return info is not None and info.state is NodeState.REMOVED
+
+    def _may_retire(self) -> bool:
+        """A removed node retires (stops) only once no Raft group still counts it: the
+        directory lists no replica here, but the groups' own configurations follow the
+        directory a step at a time, and a node that stopped while still a voter would
+        leave its groups one failure from unavailable. So: no replica here that is not
+        pending (each goes once it applied its removal or its leader confirmed it), and
+        no vote in the meta range (a drained node's is demoted to a learner)."""
+        node = self.node
+        me = NodeId(node.node_id)
+        for group, r in node.replicas.items():
+            if group == META:
+                conf = r.raw.raft.trk.conf
+                if me in conf.voters or me in conf.voters_outgoing:
+                    return False
+            elif not (isinstance(r.sm, KVMachine) and r.sm.is_pending):
+                return False
+        node.retired = f"node {node.node_id} was removed from the cluster"
         return True
 
     def _heartbeat(self) -> None:
@@ -761,8 +804,13 @@ class Shards:
 
     async def _beat(self, beat: Heartbeat, fresh: dict[int, tuple[int, RangeStats, float]]) -> None:
         res = await self.meta_call(encode_command(beat))
-        if not isinstance(res, ShardError):
-            self._sent.update(fresh)
+        if isinstance(res, Exception):
+            if REMOVED_REFUSAL in str(res):
+                # Removed while it was down or cut off: its directory copy may never
+                # say so (its meta learner may be gone), the meta range's refusal does.
+                self._told_removed = True
+            return
+        self._sent.update(fresh)
 
     def _place(self) -> None:
         """The meta leader's placement round: plan, then carry out splits and leader
@@ -771,8 +819,7 @@ class Shards:
         meta, d = self.meta, self.directory
         if meta is None or d is None or meta.raw.raft.role is not Role.LEADER:
             return
-        kept = sum(1 for i in d.nodes.values() if i.state is not NodeState.REMOVED)
-        factor = max(1, min(3, kept))
+        factor = _replication_factor(d)
         cfg = PlacementConfig(
             replication_factor=factor,
             split_keys=node.cfg.split_keys,

@@ -43,7 +43,7 @@ from quorumkv.shard._commands import (
     decode_command,
     encode_command,
 )
-from quorumkv.shard._directory import Directory
+from quorumkv.shard._directory import REMOVED_REFUSAL, Directory
 from quorumkv.shard._errors import (
     MalformedShardDataError,
     ShardCommandError,
@@ -75,6 +75,7 @@ from quorumkv.shard._routing import RangeCache, WrongRange, route_is_current
 __all__ = [
     "KEYSPACE_END",
     "KEYSPACE_START",
+    "REMOVED_REFUSAL",
     "AddLearner",
     "Bootstrap",
     "ChangeReplicas",

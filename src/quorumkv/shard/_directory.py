@@ -73,6 +73,10 @@ from quorumkv.shard._wire import as_int, as_list, dumps, loads
 SNAPSHOT_FORMAT = 1
 
 
+REMOVED_REFUSAL = "was removed; its heartbeat is refused"
+"""How the directory refuses a removed node's heartbeat (the node retires on it)."""
+
+
 class Directory:
     """The ranges, the node registry and the range id allocator of one cluster."""
 
@@ -243,7 +247,7 @@ class Directory:
     def _heartbeat(self, cmd: Heartbeat) -> HeartbeatResult:
         old = self._node(cmd.node_id)
         if old.state is NodeState.REMOVED:
-            raise ShardCommandError(f"node {cmd.node_id} was removed; its heartbeat is refused")
+            raise ShardCommandError(f"node {cmd.node_id} {REMOVED_REFUSAL}")
         beat = max(old.last_heartbeat, float(cmd.now))
         info = NodeInfo(old.node_id, old.address, old.capacity_bytes, old.state, beat)
         ignored: list[RangeId] = []
