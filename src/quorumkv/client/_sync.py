@@ -297,6 +297,11 @@ class Client:
         """``AsyncClient.split``: split the range holding ``key`` at ``key``."""
         return self._run(self._aio.split, key, timeout=timeout)
 
+    def transfer_range_leader(self, range_id: int, to: int, *, timeout: float | None = None) -> int:
+        """``AsyncClient.transfer_range_leader``: make node ``to`` range ``range_id``'s
+        leader."""
+        return self._run(self._aio.transfer_range_leader, range_id, to, timeout=timeout)
+
 
 async def _endpoints(aio: AsyncClient) -> list[str]:
     return aio.endpoints
