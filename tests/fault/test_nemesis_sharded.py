@@ -101,7 +101,7 @@ def test_a_leader_fault_hits_the_leader_of_the_group_pick_chooses() -> None:
     nemesis, fake, lines = _nemesis()
     f = _fault(FaultKind.PAUSE_LEADER, 2)
     nemesis._start(f)
-    assert fake.calls == [("pause", 3)] and "range 3's leader (node 3" in lines[-1]
+    assert fake.calls == [("pause", 3)] and "SIGSTOP node 3 leader of range 3 (keys" in lines[-1]
     nemesis._heal(f)
     assert fake.calls[-1] == ("resume", 3)
 

@@ -93,8 +93,8 @@ def test_leader_targets_are_the_meta_range_then_the_ranges_holding_torture_keys(
     assert key_ranges(KEYS, st) == {2: [b"k0", b"k1"], 3: [b"k2", b"k3"], 4: [b"k4"]}
     targets = leader_targets(st, KEYS)
     assert [(t.range_id, t.node) for t in targets] == [(META_RANGE, 2), (2, 1), (3, 2), (4, 3)]
-    assert targets[0].describe() == "the meta range's leader (node 2)"
-    assert targets[2].describe() == "range 3's leader (node 2; keys k2,k3)"
+    assert targets[0].describe() == "leader of the meta range"
+    assert targets[2].describe() == "leader of range 3 (keys k2,k3)"
     assert targets[1].voters == (1, 2, 3)
     # pick chooses each equally: every target for some pick, the same one for the same
     assert {pick_target(p, targets) for p in range(8)} == set(targets)

@@ -60,7 +60,7 @@ def test_sharded_kills_pauses_splits_and_a_join_on_loopback(
     assert any(d.startswith("split at") for d in done["range-split"]), done["range-split"]
     assert any("leader is now" in d for d in done["transfer"]), done["transfer"]
     leaders = [e["detail"] for e in events if e["event"] == "start" and "leader" in e["kind"]]
-    assert leaders and all(re.search(r"(meta range|range \d+)'s leader", d) for d in leaders)
+    assert leaders and all(re.search(r"leader of (the meta range|range \d+)", d) for d in leaders)
 
     # The end: 4 nodes (3 founders and the one that joined), whole, and the colliding
     # keys spread over several ranges (a split at the middle key before the load, then

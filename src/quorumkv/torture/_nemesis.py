@@ -266,7 +266,8 @@ class Nemesis:
             lead, what = self._leader(f.pick, timeout=0.5)
             part = partition_for(kind, running, f.pick, lead)
             c.network.apply(part)
-            detail = part.description + (f" ({what})" if c.sharded and lead else "")
+            shown = f"; the leader meant: node {lead}, {what}" if c.sharded and lead else ""
+            detail = part.description + shown
             self._begin(f, part.nodes, detail, self._heal_network, held=())
         elif kind is FaultKind.DISK_FULL:
             self._disk_full(f, running)
@@ -432,7 +433,8 @@ class Nemesis:
                 self.log.event("skip", kind, f.index, (), "no group with a known leader "
                                "and another voter")  # fmt: skip
                 return
-            self.log.event("begin", kind, f.index, (to,), f"{target.describe()} -> node {to}")
+            moving = f"{target.describe()}: node {target.node} -> node {to}"
+            self.log.event("begin", kind, f.index, (to,), moving)
             what = c.transfer_range(target, to, _TRANSFER_TIMEOUT)
             self.log.instant(kind, f.index, (to,), what, start)
         elif f.kind is FaultKind.RANGE_SPLIT:

@@ -156,10 +156,11 @@ class Target:
     """The torture keys it holds (none for the meta range)."""
 
     def describe(self) -> str:
+        """``leader of range 3 (keys k2,k3)``, ``leader of the meta range``."""
         if self.range_id == META_RANGE:
-            return f"the meta range's leader (node {self.node})"
+            return "leader of the meta range"
         shown = ",".join(show_key(k) for k in self.keys)
-        return f"range {self.range_id}'s leader (node {self.node}; keys {shown})"
+        return f"leader of range {self.range_id} (keys {shown})"
 
 
 def leader_targets(
