@@ -124,3 +124,16 @@ def test_side_events_transfer_split_and_join_with_a_cap() -> None:
     assert fake.calls == [("join", 3 + n) for n in range(1, SHARDED_JOINS + 1)]
     assert "cannot remove one" in lines[-1]
     assert len(fake.procs) == 3 + SHARDED_JOINS  # nothing was ever removed
+    assert nemesis.side_summary() == f"member {SHARDED_JOINS}/{SHARDED_JOINS}, " + (
+        "range-split 1/1, transfer 1/1"
+    )
+
+
+def test_a_transfer_goes_only_to_a_running_voter() -> None:
+    nemesis, fake, lines = _nemesis()
+    fake.procs[2].alive = fake.procs[3].alive = False  # range 2 (node 1 leads) has no one
+    nemesis._side(_fault(FaultKind.TRANSFER, 4))
+    assert fake.calls == [] and "skip transfer" in lines[-1]
+    fake.procs[3].alive = True
+    nemesis._side(_fault(FaultKind.TRANSFER, 4))
+    assert fake.calls == [("transfer", 2, 3)]

@@ -102,9 +102,12 @@ def test_leader_targets_are_the_meta_range_then_the_ranges_holding_torture_keys(
     assert pick_target(0, []) is None
     # another voter than the leader, by pick
     for p in range(20):
-        to = pick_other_voter(p, targets[2])
+        to = pick_other_voter(p, targets[2], [1, 2, 3])
         assert to in (1, 3)
-    assert {pick_other_voter(p, targets[2]) for p in range(20)} == {1, 3}
+    assert {pick_other_voter(p, targets[2], [1, 2, 3]) for p in range(20)} == {1, 3}
+    # only running nodes: node 3 is down
+    assert {pick_other_voter(p, targets[2], [1, 2]) for p in range(20)} == {1}
+    assert pick_other_voter(1, targets[2], [2]) is None
 
 
 def test_a_range_without_a_known_leader_and_a_stale_leader_are_not_targets() -> None:

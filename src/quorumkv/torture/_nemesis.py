@@ -162,7 +162,8 @@ class Nemesis:
     """Carries out plans against ``cluster``, logging to ``log`` on ``clock``; calls
     ``tick`` between actions (progress output). ``failures`` lists what fails the run
     (a node that exited by itself, one that kept running wedged on a full disk);
-    ``observations`` what the faults showed (exit codes)."""
+    ``observations`` what the faults showed (exit codes; on a sharded cluster, how
+    many of its side events did what they asked)."""
 
     def __init__(
         self,
@@ -179,6 +180,8 @@ class Nemesis:
         self.observations: list[str] = []
         self._active: _Active | None = None
         self._size = cluster.founders
+        self.side_done: dict[str, list[bool]] = {}
+        """Sharded side events by kind: whether each did what it asked."""
 
     def run(self, plan: tuple[PlannedFault, ...], until: float) -> None:
         """Perform ``plan`` on the clock, then wait (watching) until ``until``."""
@@ -428,7 +431,7 @@ class Nemesis:
         kind = f.kind.value
         if f.kind is FaultKind.TRANSFER:
             target = pick_target(f.pick, c.targets())
-            to = None if target is None else pick_other_voter(f.pick, target)
+            to = None if target is None else pick_other_voter(f.pick, target, c.alive())
             if target is None or to is None:
                 self.log.event("skip", kind, f.index, (), "no group with a known leader "
                                "and another voter")  # fmt: skip
@@ -436,11 +439,13 @@ class Nemesis:
             moving = f"{target.describe()}: node {target.node} -> node {to}"
             self.log.event("begin", kind, f.index, (to,), moving)
             what = c.transfer_range(target, to, _TRANSFER_TIMEOUT)
+            self.side_done.setdefault(kind, []).append(" is now " in what)
             self.log.instant(kind, f.index, (to,), what, start)
         elif f.kind is FaultKind.RANGE_SPLIT:
             key = split_point(f.pick, c.keys, c.range_starts())
             self.log.event("begin", kind, f.index, (), f"splitting at {key!r}")
-            _, what = c.split(key, _SPLIT_TIMEOUT)
+            done, what = c.split(key, _SPLIT_TIMEOUT)
+            self.side_done.setdefault(kind, []).append(done)
             self.log.instant(kind, f.index, (), what, start)
         elif f.kind is FaultKind.MEMBER:
             if len(c.procs) >= c.founders + SHARDED_JOINS:
@@ -449,6 +454,16 @@ class Nemesis:
                 return
             self.log.event("begin", kind, f.index, (), "a node joins")
             node, what = c.add_node(_MEMBER_TIMEOUT)
+            self.side_done.setdefault(kind, []).append(what.startswith("joined"))
             self.log.instant(kind, f.index, (node,), f"node {node} {what}", start)
         else:  # pragma: no cover - main kinds never reach here
             raise AssertionError(f.kind)
+
+    def side_summary(self) -> str:
+        """Sharded: ``range-split 2/2, transfer 3/4, member 1/1`` (done of asked), or
+        "" when there was none. A side event can fail without fault of the cluster's
+        (a target that went down meanwhile, a move in progress); a kind that never
+        succeeded is worth a look."""
+        return ", ".join(
+            f"{kind} {sum(oks)}/{len(oks)}" for kind, oks in sorted(self.side_done.items())
+        )

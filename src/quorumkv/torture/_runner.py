@@ -199,6 +199,8 @@ def run_torture(cfg: TortureConfig, echo: Callable[[str], None] = print) -> Summ
         codes = cluster.stop()
         notes = [f"node {i} exited with status {c} when stopped" for i, c in codes.items() if c]
         notes += nemesis.observations + [f"client contract: {s}" for s in load.surprises[:20]]
+        if nemesis.side_summary():
+            notes.append(f"side events that did what they asked: {nemesis.side_summary()}")
         network.close()
     records = recorder.records()
     write_history(out / "history.jsonl", records)

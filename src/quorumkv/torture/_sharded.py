@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,10 +189,10 @@ def pick_target(pick: int, targets: Sequence[Target]) -> Target | None:
     return targets[pick % len(targets)]
 
 
-def pick_other_voter(pick: int, target: Target) -> int | None:
-    """A voter of ``target``'s group other than its leader, designated by ``pick``
-    (a draw independent of the one that chose the target)."""
-    others = [v for v in target.voters if v != target.node]
+def pick_other_voter(pick: int, target: Target, running: Collection[int]) -> int | None:
+    """A voter of ``target``'s group other than its leader, on a node of ``running``,
+    designated by ``pick`` (a draw independent of the one that chose the target)."""
+    others = [v for v in target.voters if v != target.node and v in running]
     if not others:
         return None
     return random.Random(pick).choice(others)
