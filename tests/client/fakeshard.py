@@ -22,6 +22,10 @@ exactly as the protocol's docstring says a sharded node does:
 * ``OP_SPLIT [range_id, version, key]`` at the range's leader splits it (the right
   half gets the next id, the same replicas and leader, and a copy of the sessions) and
   answers both descriptors.
+* ``OP_META ["transfer", [range_id, to]]`` (the placement driver's leader transfer)
+  at the range's leader makes ``to`` its leader and answers ``{"leader": to}``; a
+  target that is not a voter of the range is answered ERR_UNAVAILABLE, as a real
+  leader's transfer that timed out.
 
 The data of every range lives in one ``MVCCStore`` (so revisions are one sequence, as
 the meta range's allocator makes them), applied without its own sessions; each range's
@@ -76,6 +80,7 @@ from quorumkv.net import (
     ERR_UNAVAILABLE,
     ERR_WRONG_RANGE,
     OK,
+    OP_META,
     OP_RANGE_READ,
     OP_RANGE_WRITE,
     OP_RANGES,
@@ -220,9 +225,12 @@ class FakeShardedCluster:
             return OK, self.status(node.node_id)
         if op == OP_RANGES:
             return self._ranges(node, body)
-        if op not in (OP_RANGE_WRITE, OP_RANGE_READ, OP_SPLIT):
+        if op == OP_META and body[0] == "transfer":
+            rid, version, to = int(body[1][0]), 0, int(body[1][1])
+        elif op not in (OP_RANGE_WRITE, OP_RANGE_READ, OP_SPLIT):
             return ERR_BAD_REQUEST, "a sharded cluster takes requests routed by range"
-        rid, version = int(body[0]), int(body[1])
+        else:
+            rid, version = int(body[0]), int(body[1])
         desc = self.descs.get(rid)
         if desc is None or not any(r.node_id == node.node_id for r in desc.replicas):
             known = self.directory.get(rid)
@@ -235,6 +243,11 @@ class FakeShardedCluster:
             return ERR_NOT_LEADER, [leader, self.addr_of(leader)]
         if op == OP_SPLIT:
             return self._split(desc, bytes(body[2]))
+        if op == OP_META:
+            if to not in desc.voters():
+                return ERR_UNAVAILABLE, "transfer failed: TimeoutError()"
+            self.set_leader(rid, to)
+            return OK, {"leader": to}
         assert seen.command is not None
         if op == OP_RANGE_READ:
             return self._read(desc, seen.command)

@@ -37,6 +37,7 @@ from quorumkv.kv import (
 )
 from quorumkv.net import (
     ERR_TIMEOUT,
+    OP_META,
     OP_RANGE_READ,
     OP_RANGE_WRITE,
     OP_RANGES,
@@ -395,6 +396,31 @@ def test_split_goes_to_the_ranges_leader_and_the_cache_learns_both_halves(
     run(main())
 
 
+def test_a_range_leader_transfer_goes_to_the_ranges_leader(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with FakeShardedCluster(tmp_path, 3, SPLITS) as cl, _client(cl) as kv:
+            cl.auto_publish = False  # the directory's hint stays on the old leader (2)
+            cl.set_leader(3, 3)
+            assert await kv.transfer_range_leader(3, 1) == 1
+            (sent,) = cl[3].ops(OP_META)  # the old leader redirected it to node 3
+            assert sent.body == ["transfer", [3, 1]]
+            assert cl.leaders[3] == 1 and cl.leaders[2] == 1 and cl.leaders[4] == 3
+            with pytest.raises(ClientError, match="no range 9"):
+                await kv.transfer_range_leader(9, 1)
+            cl.move(4, (1, 2), 1)
+            cl.publish()
+            not_a_voter = r"node 3 is not a voter of range 4 \(voters 1, 2\)"
+            with pytest.raises(ClientError, match=not_a_voter):
+                await kv.transfer_range_leader(4, 3)
+            with pytest.raises(MalformedRequestError, match="meta range"):
+                await kv.transfer_range_leader(1, 2)
+            with pytest.raises(MalformedRequestError, match="positive"):
+                await kv.transfer_range_leader(3, 0)
+            assert len(cl.ops(OP_META)) == 2  # nothing was sent for the refused ones
+
+    run(main())
+
+
 def test_an_unsharded_cluster_has_no_ranges(tmp_path: Path) -> None:
     with ThreadedCluster(tmp_path) as cl, Client([cl[1].addr], timeout=2) as kv:
         kv.put("a", "1")
@@ -402,6 +428,8 @@ def test_an_unsharded_cluster_has_no_ranges(tmp_path: Path) -> None:
             kv.ranges()
         with pytest.raises(ClientError, match="not sharded"):
             kv.split("a")
+        with pytest.raises(ClientError, match="not sharded"):
+            kv.transfer_range_leader(2, 1)
         assert cl[1].ops(OP_WRITE)
 
 

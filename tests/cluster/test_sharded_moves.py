@@ -158,3 +158,32 @@ def test_ranges_spread_to_new_nodes_and_a_dead_nodes_replicas_are_made_again(
     removed = sum(text.count("no longer hosts group") for text in logs.values())
     print(f"replicas deleted after moving away: {removed}")
     assert removed > 0  # the moves off the first three nodes deleted their replicas
+
+
+def test_a_range_that_moved_still_splits(make_cluster: Any) -> None:
+    # Until this was fixed, a split sent the range's own descriptor's epoch, whose
+    # conf_ver never follows replica moves: every split of a range that had moved
+    # (by the operator or the planner) was refused as stale, for good.
+    cluster = make_cluster(3, extra_args=["--sharded"], tick_ms=20, election_ticks=10)
+    with cluster.client(timeout=30) as cl:
+        for key in (b"b", b"d", b"f"):
+            cl.split(key)
+        new = cluster.add_node()
+        moved: list[Any] = []
+
+        def a_range_moved_to_the_new_node() -> bool:
+            moved[:] = [
+                d
+                for d in cl.ranges()
+                if d.epoch.conf_ver > 1 and new in d.voters() and not d.learners()
+            ]
+            return bool(moved)
+
+        wait_for("a range to move to the new node", a_range_moved_to_the_new_node, timeout=90)
+        desc = moved[0]
+        key = desc.start + b"x" if desc.start else b"a"  # inside it: ranges end at b, d, f
+        left, right = cl.split(key, timeout=20)
+        assert (left.range_id, left.end, right.start) == (desc.range_id, key, key)
+        assert sorted(right.voters()) == sorted(desc.voters())
+        everyone = [1, 2, 3, new]
+        wait_for("the ranges to settle", lambda: _settled(cluster, cl, everyone), timeout=90)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from quorumkv.sim._linearizability import OpKind
 from quorumkv.torture import Outcome, Record
@@ -66,3 +68,19 @@ def mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path``."""
     with open("/proc/self/mounts") as f:
         return [line.split()[1] for line in f if line.split()[1].startswith(path)]
+
+
+def pids_running_in(out: Path) -> set[int]:
+    """Pids of processes still running with ``out`` (a run's directory) on their
+    command line."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(out).encode() in cmd:
+            found.add(int(entry))
+    return found

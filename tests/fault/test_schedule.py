@@ -63,7 +63,11 @@ def test_parse_and_default_kinds() -> None:
         parse_kinds(" , ")
     loopback = default_kinds(netns=False, root=False)
     assert not PARTITION_KINDS & set(loopback) and FaultKind.DISK_FULL not in loopback
-    assert set(default_kinds(netns=True, root=True)) == set(ALL)
+    assert set(default_kinds(netns=True, root=True)) == set(ALL) - {FaultKind.RANGE_SPLIT}
+    assert set(default_kinds(netns=True, root=True, sharded=True)) == set(ALL)
+    sharded = default_kinds(netns=False, root=False, sharded=True)
+    assert set(sharded) == set(loopback) | {FaultKind.RANGE_SPLIT}
+    assert parse_kinds("range-split,member") == (FaultKind.RANGE_SPLIT, FaultKind.MEMBER)
 
 
 def test_partition_shapes() -> None:

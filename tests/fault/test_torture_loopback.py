@@ -7,11 +7,10 @@ checks that none is left. Conditions are what the run recorded, not sleeps."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from fault_helpers import stale_read
+from fault_helpers import pids_running_in, stale_read
 
 from quorumkv.cli import main
 from quorumkv.torture import FaultKind, analyze, make_plan, read_history
@@ -19,21 +18,6 @@ from quorumkv.torture._analysis import FaultInterval
 
 SEED = 15
 KINDS = "kill,kill-leader,pause,pause-leader,member,transfer"
-
-
-def _pids_of_nodes(out: Path) -> set[int]:
-    """Pids of processes still running with this run's directory on their command line."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(out).encode() in cmd:
-            found.add(int(entry))
-    return found
 
 
 def test_the_plan_of_this_seed_holds_every_process_fault() -> None:
@@ -48,7 +32,7 @@ def test_kills_and_pauses_on_loopback(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert rc == 0, printed[-3000:]
     assert "verdict: PASS" in printed
-    assert not _pids_of_nodes(out)
+    assert not pids_running_in(out)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] is True and summary["linearizable"] is True

@@ -153,3 +153,44 @@ def test_partitions_on_three_nodes(tmp_path: Path) -> None:
     assert summary.ops_checked > 1000
     assert namespaces() <= before, "a namespace of the run is left"
     assert not mounts_under(str(tmp_path))
+
+
+SHARDED_SEED = 8
+SHARDED_KINDS = (
+    FaultKind.ISOLATE,
+    FaultKind.SPLIT,
+    FaultKind.BRIDGE,
+    FaultKind.ONE_WAY,
+    FaultKind.KILL_LEADER,
+    FaultKind.TRANSFER,
+    FaultKind.RANGE_SPLIT,
+)
+
+
+def test_partitions_on_a_sharded_cluster(tmp_path: Path) -> None:
+    # The partitions' victim is, half the time, the leader of the meta range or of a
+    # range holding torture keys; forced splits and range leader transfers happen
+    # during them.
+    planned = {f.kind for f in make_plan(SHARDED_SEED, 25.0, SHARDED_KINDS)}
+    assert planned >= set(SHARDED_KINDS) - {FaultKind.KILL_LEADER}
+    before = namespaces()
+    lines: list[str] = []
+    summary = run_torture(
+        TortureConfig(
+            out=tmp_path / "run",
+            nodes=3,
+            duration=25.0,
+            seed=SHARDED_SEED,
+            netns=True,
+            faults=SHARDED_KINDS,
+            recovery_timeout=30.0,
+            sharded=True,
+        ),
+        echo=lines.append,
+    )
+    assert summary.passed, "\n".join(lines[-80:])
+    assert summary.meta["network"] == "netns" and summary.meta["sharded"] is True
+    for kind in ("isolate", "split", "bridge", "one-way", "range-split", "transfer"):
+        assert summary.faults.get(kind, 0) >= 1, summary.faults
+    assert any("torture keys lie in" in h for h in summary.health), summary.health
+    assert namespaces() <= before, "a namespace of the run is left"

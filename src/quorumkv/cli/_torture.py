@@ -39,6 +39,12 @@ def cmd_torture(args: argparse.Namespace) -> int:
         raise UsageError(f"--clients must be at least 10, not {args.clients}")
     if args.keys < 1:
         raise UsageError("--keys must be at least 1")
+    if args.split_keys is not None and not args.sharded:
+        raise UsageError("--split-keys is the nodes' split threshold: it needs --sharded")
+    if args.split_keys is not None and args.split_keys < 1:
+        raise UsageError("--split-keys must be at least 1")
+    if args.sharded and args.keys < 2:
+        raise UsageError("--sharded needs at least 2 --keys, to spread them over ranges")
     cfg = torture.TortureConfig(
         out=Path(args.out or f"qkv-torture-seed{seed}"),
         nodes=args.nodes,
@@ -50,6 +56,8 @@ def cmd_torture(args: argparse.Namespace) -> int:
         disk_mb=args.disk_mb,
         disk_at=args.disk_at,
         recovery_timeout=args.recovery_timeout,
+        sharded=args.sharded,
+        **({"split_keys": args.split_keys} if args.split_keys is not None else {}),
     )
 
     def echo(line: str) -> None:
@@ -74,7 +82,8 @@ def register(sub: Any) -> None:
         help="fault injection on real node processes, checked for linearizability",
         description="Start a cluster of real node processes, drive it with concurrent "
         "clients, inject faults drawn from a seed (kill -9, SIGSTOP, partitions, a full "
-        "disk, membership changes, leader transfers), heal them, and check that the "
+        "disk, membership changes, leader transfers; with --sharded also range splits, "
+        "and nodes joining), heal them, and check that the "
         "history is linearizable and the cluster recovers by itself. Writes "
         "history.jsonl, faults.jsonl, summary.json and summary.txt to --out. Exits 0 "
         "only on a linearizable, healthy result. Partitions need --netns (root); slow "
@@ -95,11 +104,21 @@ def register(sub: Any) -> None:
         "--loopback", dest="netns", action="store_false",
         help="every node on 127.0.0.1: no partitions (the default)",
     )  # fmt: skip
+    s.add_argument(
+        "--sharded", action="store_true",
+        help="a sharded cluster: the load's keys spread over ranges, each its own Raft "
+        "group; 'leader' faults act on the meta range's leader or a range's",
+    )  # fmt: skip
+    s.add_argument(
+        "--split-keys", type=count, metavar="N",
+        help="with --sharded: the nodes split ranges at N keys (2)",
+    )  # fmt: skip
     s.add_argument("--out", metavar="DIR", help="output directory (qkv-torture-seed<N>)")
     s.add_argument(
         "--faults", metavar="KIND,...",
         help="fault kinds (default: all the mode allows): kill, kill-leader, pause, "
-        "pause-leader, isolate, split, bridge, one-way, disk-full, member, transfer",
+        "pause-leader, isolate, split, bridge, one-way, disk-full, member, transfer, "
+        "range-split (sharded only)",
     )  # fmt: skip
     s.add_argument("--clients", type=count, default=10, help="concurrent clients (10)")
     s.add_argument("--keys", type=count, default=5, help="keys they collide on (5)")

@@ -416,6 +416,24 @@ class AsyncClient(Router):
             raise ProtocolError(f"{at} sent an unreadable node record: {answer!r:.200}")
         return {"id": answer[0], "addr": answer[1], "state": answer[3]}
 
+    async def transfer_range_leader(
+        self, range_id: int, to: int, *, timeout: float | None = None
+    ) -> int:
+        """Make node ``to``, a voter of range ``range_id``, that range's leader (what
+        the placement driver does to balance leaders); returns the new leader as the
+        old one reports it once it stepped down. The meta range (1) is
+        ``transfer_leader``'s. A transfer whose outcome is unknown is not sent again:
+        then ``RequestTimeoutError``. Raises ``ClientError`` on an unsharded cluster,
+        for a range the directory does not hold, or for a node that is not one of its
+        voters."""
+        for name, value in (("range id", range_id), ("target node id", to)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise MalformedRequestError(f"{name} must be a positive integer, not {value!r}")
+        if range_id == 1:
+            raise MalformedRequestError("range 1 is the meta range: use transfer_leader")
+        await self._require_sharded(timeout)
+        return await self.shards.transfer(range_id, to, timeout)
+
     async def _require_sharded(self, timeout: float | None) -> None:
         if self.sharded is None:
             await self._learn_mode(timeout)

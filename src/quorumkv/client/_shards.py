@@ -30,6 +30,10 @@ refusal (``OutOfRangeError``, ``StaleStampError``) records nothing, so the retry
 same sequence number runs for real where it belongs. A try whose outcome was unknown
 makes the call's give-up error ``RequestTimeoutError``, across reroutes too.
 
+An operator's split (``split``) and leader transfer (``transfer``, the placement
+driver's own ``OP_META`` request) go to the range's leader like any request of the
+range; neither is sent again once a try's outcome is unknown.
+
 Requests over several ranges (``_scan`` reads them):
 
 * a scan runs range by range in key order, each piece clipped to its range; see
@@ -93,8 +97,8 @@ from quorumkv.kv import (
     TxnRequest,
 )
 from quorumkv.kv._codec import encode_request
-from quorumkv.net import OP_RANGE_READ, OP_RANGE_WRITE, OP_RANGES, OP_SPLIT
-from quorumkv.shard import RangeCache, RangeDescriptor, WrongRange
+from quorumkv.net import OP_META, OP_RANGE_READ, OP_RANGE_WRITE, OP_RANGES, OP_SPLIT
+from quorumkv.shard import RangeCache, RangeDescriptor, RangeId, WrongRange
 
 if TYPE_CHECKING:
     from quorumkv.client._route import Encoder
@@ -476,6 +480,42 @@ class Shards:
                 raise ProtocolError(f"{at} sent an unreadable split answer: {e!r}") from None
             self.cache.update([left, right])
             return left, right
+
+    # -- operator's leader transfer ----------------------------------------------------
+
+    async def transfer(self, range_id: int, to: int, timeout: float | None) -> int:
+        """Hand range ``range_id``'s leadership to node ``to`` (see
+        ``AsyncClient.transfer_range_leader``): the placement driver's own request
+        (``OP_META`` ``transfer``), sent to the range's leader."""
+        att = self.attempt(timeout, "transfer_range_leader")
+        stale = 0
+        while True:
+            self.reset()
+            await self.refresh(b"", b"", att)
+            desc = self.cache.get(RangeId(range_id))
+            if desc is None:
+                raise ClientError(f"transfer_range_leader: no range {range_id} in the directory")
+            if to not in desc.voters():
+                shown = ", ".join(str(v) for v in desc.voters())
+                raise ClientError(
+                    f"transfer_range_leader: node {to} is not a voter of range {range_id} "
+                    f"(voters {shown})"
+                )
+            router = self.router(desc)
+            body = ["transfer", [range_id, to]]
+            try:
+                answer, at = await router._call(
+                    OP_META, body, self.left(att), att.what, idempotent=False, slow=True
+                )
+            except WrongRangeSignal as e:  # the node holds no replica: nothing was done
+                self.cache.invalidate(desc.range_id)
+                router._avoid(e.addr)
+                stale = await self.pause(stale, att)
+                continue
+            leader = expect_dict(answer, "a transfer answer", at).get("leader")
+            if not isinstance(leader, int) or isinstance(leader, bool):
+                raise ProtocolError(f"{at} sent a transfer answer without a leader id: {answer!r}")
+            return leader
 
 
 def _always(req: Request) -> Callable[[RangeDescriptor], Request]:

@@ -313,6 +313,11 @@ class Client:
         """``AsyncClient.set_node_state``: drain a node, bring it back up, or remove it."""
         return self._run(self._aio.set_node_state, node_id, state, timeout=timeout)
 
+    def transfer_range_leader(self, range_id: int, to: int, *, timeout: float | None = None) -> int:
+        """``AsyncClient.transfer_range_leader``: make node ``to`` range ``range_id``'s
+        leader."""
+        return self._run(self._aio.transfer_range_leader, range_id, to, timeout=timeout)
+
 
 async def _endpoints(aio: AsyncClient) -> list[str]:
     return aio.endpoints

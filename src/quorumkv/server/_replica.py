@@ -1182,6 +1182,7 @@ class Replica:
             "role": r.role.value.replace("-", "_"),
             "leader": int(r.lead),
             "term": int(r.term),
+            "commit": int(r.log.committed),
             "applied": self.sm.applied_index(),
             "revision": self.sm.revision(),
             "keys": self.sm.keys(),

@@ -605,7 +605,14 @@ class Shards:
     async def _split(
         self, r: Replica, desc: RangeDescriptor, key: bytes
     ) -> tuple[RangeDescriptor, RangeDescriptor]:
-        res = await self.meta_call(encode_command(SplitRange(desc.range_id, desc.epoch, key)))
+        # The replica's descriptor changes only with splits (its version); replica
+        # moves change the directory's conf_ver, which the group learns from the conf
+        # changes it applies (``r.conf_ver``). Expecting the descriptor's own conf_ver
+        # made every split of a range that had moved a StaleEpochError, for good. A
+        # group behind the directory (a move half done) still fails the compare, and
+        # the split is tried again later.
+        epoch = Epoch(max(desc.epoch.conf_ver, r.conf_ver), desc.epoch.version)
+        res = await self.meta_call(encode_command(SplitRange(desc.range_id, epoch, key)))
         if isinstance(res, ShardError):
             d = self.directory
             now = d.get(desc.range_id) if d is not None else None

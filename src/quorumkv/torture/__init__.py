@@ -18,8 +18,15 @@ node, partitions as blackhole routes, see ``_network``); a node's tmpfs disk fil
 (root only); and, during those, membership changes and leader transfers. Slow links
 are not injected: there is no ``tc netem`` here to delay packets.
 
+``sharded=True`` (``qkv torture --sharded``) runs a sharded cluster instead: the
+colliding keys are spread over ranges (several Raft groups), "the leader" of a fault is
+the meta range's or that of a range holding torture keys, ``range-split`` events split
+ranges under the load, ``member`` makes nodes join (ranges move to them), and the end
+check covers every range (``_sharded``).
+
 Modules, bottom up: ``_schedule`` (the plan from a seed), ``_partition`` (partition
-shapes), ``_history`` (recording and outcomes), ``_analysis`` (checking, unavailability
+shapes), ``_sharded`` (a sharded cluster's ranges as its nodes report them),
+``_history`` (recording and outcomes), ``_analysis`` (checking, unavailability
 windows, the summary), ``_system``, ``_disk`` and ``_network`` (the machine),
 ``_cluster`` (processes), ``_load`` (clients), ``_nemesis`` (faults), ``_runner``.
 

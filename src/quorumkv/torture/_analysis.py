@@ -150,7 +150,8 @@ class Summary:
         """The summary as text, for the terminal and ``summary.txt``."""
         m = self.meta
         lines = [
-            f"qkv torture: seed {m.get('seed')}, {m.get('nodes')} nodes, "
+            f"qkv torture: seed {m.get('seed')}, {m.get('nodes')} nodes"
+            f"{' (sharded)' if m.get('sharded') else ''}, "
             f"{m.get('network')}, {m.get('duration', 0):g} s of faults",
             f"operations checked: {self.ops_checked}",
             f"  {'kind':<8}{'ok':>8}{'fail':>8}{'unknown':>9}",

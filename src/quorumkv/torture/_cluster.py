@@ -16,10 +16,22 @@ whatever its outcome (a change whose answer was lost may or may not have happene
 no longer members, and forgets them. ``endpoints`` (read by the load generator's thread,
 under a lock) lists every node the supervisor runs.
 
+``sharded=True`` starts the nodes with ``--sharded --split-keys N``: a meta range
+(group 1, whose role, term and indexes are what a node's status shows at its top) and
+ranges of keys, each its own Raft group. There ``leader`` is the meta range's leader;
+``targets`` lists the groups a ``-leader`` fault or a transfer may act on
+(``_sharded.leader_targets``); ``split`` and ``transfer_range`` are the operator's
+requests of the client. A node joins by itself (``--join``: it registers in the
+directory, and ranges then move to it); no node is ever removed, since a sharded
+cluster cannot remove one yet, so ``reconcile`` stops nothing there.
+
 ``converge`` is the end-of-run check: every member process runs and says healthy, they
 agree on one leader and term, the leader's member list is exactly the nodes that run,
-and every node has applied the leader's commit index. It only watches: it never
-restarts or repairs anything.
+and every node has applied the leader's commit index (sharded: all of that for the
+meta range, and ``_sharded.check_ranges`` for the ranges of keys: the directory tiles
+the keyspace, each range has one leader its replicas agree on, its replicas and Raft
+group are what the directory says, and every replica has applied its commit index). It
+only watches: it never restarts, splits, moves or repairs anything.
 
 This module must never signal a pid it did not spawn, leave a process running after
 ``stop``, or import the server.
@@ -33,16 +45,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import quorumkv
 from quorumkv.client import Client
-from quorumkv.errors import ClientError, ServerError
+from quorumkv.errors import ClientError, QuorumKVError, ServerError
 from quorumkv.local import ClusterSpec, NodeProcess, NodeSpec
 from quorumkv.torture._disk import Tmpfs
 from quorumkv.torture._network import Network
+from quorumkv.torture._sharded import (
+    META_RANGE,
+    Target,
+    check_ranges,
+    describe_ranges,
+    leader_targets,
+    replicas,
+    show_key,
+)
 
 _POLL = 0.05
 
@@ -50,8 +71,10 @@ _POLL = 0.05
 class TortureCluster:
     """``nodes`` founding nodes on ``network``, working in ``workdir``; a tmpfs of
     ``disk_bytes`` per node when given, mounted on the node's data directory or on
-    its part ``disk_at`` (``raft/wal``, ``kv``) (see the module docstring). Drive it from one
-    thread, except ``endpoints`` which any thread may call."""
+    its part ``disk_at`` (``raft/wal``, ``kv``) (see the module docstring). ``sharded``:
+    found a sharded cluster whose ranges split at ``split_keys`` keys; ``keys`` are the
+    load's keys (what ``targets`` and ``converge`` report on). Drive it from one thread,
+    except ``endpoints`` which any thread may call."""
 
     def __init__(
         self,
@@ -64,10 +87,18 @@ class TortureCluster:
         tick_ms: int = 50,
         election_ticks: int = 10,
         extra_args: Iterable[str] = (),
+        sharded: bool = False,
+        split_keys: int | None = None,
+        keys: Sequence[bytes] = (),
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, not {nodes}")
+        if split_keys is not None and (not sharded or split_keys < 1):
+            raise ValueError("split_keys is a positive threshold of sharded clusters")
+        self.sharded = sharded
+        self.split_keys = split_keys
+        self.keys = list(keys)
         self.workdir = workdir
         self.founders = nodes
         self.network = network
@@ -195,13 +226,17 @@ class TortureCluster:
 
     def add_node(self, timeout: float) -> tuple[int, str]:
         """Start a new node and ask the cluster to add it. Returns its id and what
-        happened; afterwards the node runs only if the cluster has it as a member."""
+        happened; afterwards the node runs only if the cluster has it as a member.
+        Sharded: the node registers itself; this waits (up to ``timeout``) until the
+        meta range lists it, and the node runs on either way (it keeps registering)."""
         node_id = self._next_id
         self._next_id += 1
         spec = self._place(node_id, join=True)
         self._spec = self._require_spec().with_node(spec)
         proc = self._new_proc(spec)
         self._spawn(proc)
+        if self.sharded:
+            return node_id, self._wait_registered(node_id, timeout)
         try:
             with self.client(timeout) as c:
                 c.member_add(node_id, spec.addr, timeout=timeout)
@@ -209,6 +244,17 @@ class TortureCluster:
         except ClientError as e:
             what = f"member_add failed: {type(e).__name__}: {e}"
         return node_id, what + "; " + self.reconcile(timeout)
+
+    def _wait_registered(self, node_id: int, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            members = self.members(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
+            if members is not None and node_id in members:
+                role = "a meta voter" if members[node_id] else "a meta learner"
+                return f"joined: registered, {role}"
+            if time.monotonic() >= deadline:
+                return f"not registered within {timeout:g} s (it keeps trying)"
+            time.sleep(0.1)
 
     def remove_node(self, node_id: int, timeout: float) -> str:
         """Ask the cluster to remove ``node_id``; stop it if it is no longer a member."""
@@ -221,12 +267,57 @@ class TortureCluster:
         return what + "; " + self.reconcile(timeout)
 
     def transfer(self, to: int, timeout: float) -> str:
+        """Move the leadership (sharded: of the meta range) to node ``to``."""
         try:
             with self.client(timeout) as c:
                 leader = c.transfer_leader(to, timeout=timeout)
         except ClientError as e:
             return f"transfer failed: {type(e).__name__}: {e}"
         return f"leader is now {leader}"
+
+    # -- ranges (sharded) ------------------------------------------------------------
+
+    def statuses(self, timeout: float = 1.0) -> dict[int, dict[str, Any]]:
+        """The ``/status`` of every running node that answers."""
+        out = {}
+        for i in self.alive():
+            st = self.procs[i].status(timeout=timeout)
+            if st is not None:
+                out[i] = st
+        return out
+
+    def targets(self) -> list[Target]:
+        """Sharded: the groups whose leaders a fault may act on (``leader_targets``)."""
+        return leader_targets(self.statuses(timeout=0.5), self.keys)
+
+    def range_starts(self) -> list[bytes]:
+        """Sharded: the first key of every range some running node holds."""
+        return sorted({v.start for v in replicas(self.statuses(timeout=0.5))})
+
+    def transfer_range(self, target: Target, to: int, timeout: float) -> str:
+        """Sharded: move ``target``'s group's leadership to node ``to``."""
+        if target.range_id == META_RANGE:
+            return self.transfer(to, timeout)
+        try:
+            with self.client(timeout) as c:
+                leader = c.transfer_range_leader(target.range_id, to, timeout=timeout)
+        except ClientError as e:
+            return f"transfer failed: {type(e).__name__}: {e}"
+        return f"range {target.range_id}'s leader is now {leader}"
+
+    def split(self, key: bytes, timeout: float) -> tuple[bool, str]:
+        """Sharded: split the range holding ``key`` so that a new range starts there.
+        Returns whether it did, and what happened."""
+        try:
+            with self.client(timeout) as c:
+                left, right = c.split(key, timeout=timeout)
+        except ClientError as e:
+            return False, f"split at {show_key(key)!r} failed: {type(e).__name__}: {e}"
+        return True, (
+            f"split at {show_key(key)!r}: range {left.range_id} "
+            f"[{show_key(left.start)!r}, {show_key(left.end)!r}), range {right.range_id} "
+            f"[{show_key(right.start)!r}, {show_key(right.end)!r})"
+        )
 
     def members(self, timeout: float) -> dict[int, bool] | None:
         """``{id: voter}`` as the leader lists them, or None if no leader answers.
@@ -248,7 +339,9 @@ class TortureCluster:
                 time.sleep(0.1)
         if members is None:
             return "membership unknown (no leader answered); will look again"
-        gone = [i for i in self.procs if i not in members]
+        # A sharded cluster removes no node, and a node that joined may not be listed
+        # yet: it keeps registering until it is.
+        gone = [] if self.sharded else [i for i in self.procs if i not in members]
         for i in gone:
             self._retire(i)
         shown = ",".join(f"{i}{'' if v else '(learner)'}" for i, v in sorted(members.items()))
@@ -287,9 +380,28 @@ class TortureCluster:
         problems: list[str] = []
         while True:
             ok, problems = self._whole()
+            if ok and self.sharded:
+                ok, problems = self._ranges_whole(problems, deadline)
             if ok or time.monotonic() > deadline:
                 return ok, problems
             time.sleep(0.1)
+
+    def _ranges_whole(self, found: list[str], deadline: float) -> tuple[bool, list[str]]:
+        """Sharded: the ranges of keys (``check_ranges``) once the meta range is whole
+        (``found`` says how it is)."""
+        statuses = self.statuses()
+        if sorted(statuses) != sorted(self.procs):
+            return False, [f"nodes {sorted(set(self.procs) - set(statuses))} did not answer"]
+        try:
+            with self.client(max(1.0, min(5.0, deadline - time.monotonic()))) as c:
+                directory = c.ranges()
+        except QuorumKVError as e:
+            return False, [f"the directory could not be read: {type(e).__name__}: {e}"]
+        factor = min(3, len(statuses))
+        problems = check_ranges(directory, statuses, factor)
+        if problems:
+            return False, problems
+        return True, [*found, describe_ranges(directory, self.keys)]
 
     def _whole(self) -> tuple[bool, list[str]]:
         problems = []
@@ -320,8 +432,9 @@ class TortureCluster:
         if set(applied.values()) != {int(lst["commit"])}:
             return False, [f"applied {applied}, leader's commit {lst['commit']}"]
         voters = sorted(int(m["id"]) for m in lst["members"] if m.get("voter"))
+        group = "the meta range's leader" if self.sharded else "leader"
         return True, [
-            f"{len(statuses)} nodes healthy, leader {lead} in term {term}, voters {voters}, "
+            f"{len(statuses)} nodes healthy, {group} {lead} in term {term}, voters {voters}, "
             f"applied index {lst['commit']} on every node"
         ]
 
@@ -376,6 +489,10 @@ class TortureCluster:
         ]  # fmt: skip
         if node.join:
             argv.append("--join")
+        if self.sharded:
+            argv.append("--sharded")
+            if self.split_keys is not None:
+                argv += ["--split-keys", str(self.split_keys)]
         return argv + self._extra
 
     def _spawn(self, proc: NodeProcess) -> None:

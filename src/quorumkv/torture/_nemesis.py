@@ -18,6 +18,15 @@ among running nodes, ``disk-full`` any running node with a tmpfs disk. ``member`
 a node while the cluster has its founding size and removes one (never one a main fault
 holds) while it has one more; ``transfer`` names a voter other than the leader.
 
+On a sharded cluster "the leader" is the leader of one group the load depends on:
+the meta range or a range holding torture keys, chosen by ``pick`` among those whose
+leader is known (``_sharded.leader_targets``); the ``-leader`` kinds act on its node,
+the partitions make it their victim when they pick the leader, and ``transfer`` hands
+that group's leadership to another of its voters. ``member`` only adds nodes (a
+sharded cluster cannot remove one yet), at most ``SHARDED_JOINS`` over a run; the
+node registers itself and ranges move to it. ``range-split`` splits the range holding
+a torture key at that key, or next to one (``_sharded.split_point``).
+
 Every start, heal and observation is one line of the ``FaultLog`` (JSON lines, times on
 the history's clock plus wall-clock time) and, once healed, a ``FaultInterval``.
 ``heal_all`` ends whatever is still active and restarts every member that is down, so
@@ -43,10 +52,14 @@ from quorumkv.torture._analysis import FaultInterval
 from quorumkv.torture._cluster import TortureCluster
 from quorumkv.torture._partition import partition_for
 from quorumkv.torture._schedule import FaultKind, PlannedFault, choose
+from quorumkv.torture._sharded import pick_other_voter, pick_target, split_point
 
 _TICK = 0.05
 _MEMBER_TIMEOUT = 8.0
 _TRANSFER_TIMEOUT = 3.0
+_SPLIT_TIMEOUT = 5.0
+SHARDED_JOINS = 2
+"""Nodes a sharded run adds at most (none can be removed: every join costs CPU)."""
 _EXIT_GRACE = 5.0
 """Seconds a node that logged a storage failure gets to exit before its disk is freed."""
 
@@ -149,7 +162,8 @@ class Nemesis:
     """Carries out plans against ``cluster``, logging to ``log`` on ``clock``; calls
     ``tick`` between actions (progress output). ``failures`` lists what fails the run
     (a node that exited by itself, one that kept running wedged on a full disk);
-    ``observations`` what the faults showed (exit codes)."""
+    ``observations`` what the faults showed (exit codes; on a sharded cluster, how
+    many of its side events did what they asked)."""
 
     def __init__(
         self,
@@ -166,6 +180,8 @@ class Nemesis:
         self.observations: list[str] = []
         self._active: _Active | None = None
         self._size = cluster.founders
+        self.side_done: dict[str, list[bool]] = {}
+        """Sharded side events by kind: whether each did what it asked."""
 
     def run(self, plan: tuple[PlannedFault, ...], until: float) -> None:
         """Perform ``plan`` on the clock, then wait (watching) until ``until``."""
@@ -234,9 +250,9 @@ class Nemesis:
             self.log.event("skip", kind.value, f.index, (), "no running node")
             return
         if kind in (FaultKind.KILL_LEADER, FaultKind.PAUSE_LEADER):
-            lead = c.leader(timeout=2.0)
+            lead, what = self._leader(f.pick, timeout=2.0)
             target = lead if lead in running else choose(f.pick, running)
-            role = "leader" if target == lead else "no leader known: random node"
+            role = what if target == lead else "no leader known: random node"
         else:
             target, role = choose(f.pick, running), ""
         if kind in (FaultKind.KILL, FaultKind.KILL_LEADER):
@@ -250,13 +266,32 @@ class Nemesis:
                 f, (target,), f"SIGSTOP node {target} {role}".strip(), lambda: self._resume(target)
             )
         elif kind.is_partition:
-            part = partition_for(kind, running, f.pick, c.leader(timeout=0.5))
+            lead, what = self._leader(f.pick, timeout=0.5)
+            part = partition_for(kind, running, f.pick, lead)
             c.network.apply(part)
-            self._begin(f, part.nodes, part.description, self._heal_network, held=())
+            shown = f"; the leader meant: node {lead}, {what}" if c.sharded and lead else ""
+            detail = part.description + shown
+            self._begin(f, part.nodes, detail, self._heal_network, held=())
         elif kind is FaultKind.DISK_FULL:
             self._disk_full(f, running)
         else:  # pragma: no cover - side kinds never reach here
             raise AssertionError(kind)
+
+    def _leader(self, pick: int, timeout: float) -> tuple[int | None, str]:
+        """The node a ``-leader`` fault means, and how to say it: the leader; on a
+        sharded cluster, the leader of the group ``pick`` chooses (see the module
+        docstring)."""
+        c = self.cluster
+        if not c.sharded:
+            return c.leader(timeout=timeout), "leader"
+        deadline = time.monotonic() + timeout
+        while True:
+            target = pick_target(pick, c.targets())
+            if target is not None:
+                return target.node, target.describe()
+            if time.monotonic() >= deadline:
+                return None, "no leader known"
+            time.sleep(_TICK)
 
     def _begin(
         self,
@@ -356,6 +391,12 @@ class Nemesis:
         c = self.cluster
         start = self.clock()
         held = set(self._active.held) if self._active else set()
+        if c.sharded:
+            self._sharded_side(f, start)
+            return
+        if f.kind is FaultKind.RANGE_SPLIT:  # TortureConfig refuses this; be safe anyway
+            self.log.event("skip", f.kind.value, f.index, (), "the cluster is not sharded")
+            return
         if f.kind is FaultKind.TRANSFER:
             lead = c.leader(timeout=0.5)
             voters = [i for i in c.alive() if i != lead]
@@ -383,4 +424,46 @@ class Nemesis:
             (node,),
             f"remove node {node}: {c.remove_node(node, _MEMBER_TIMEOUT)}",
             start,
+        )
+
+    def _sharded_side(self, f: PlannedFault, start: float) -> None:
+        c = self.cluster
+        kind = f.kind.value
+        if f.kind is FaultKind.TRANSFER:
+            target = pick_target(f.pick, c.targets())
+            to = None if target is None else pick_other_voter(f.pick, target, c.alive())
+            if target is None or to is None:
+                self.log.event("skip", kind, f.index, (), "no group with a known leader "
+                               "and another voter")  # fmt: skip
+                return
+            moving = f"{target.describe()}: node {target.node} -> node {to}"
+            self.log.event("begin", kind, f.index, (to,), moving)
+            what = c.transfer_range(target, to, _TRANSFER_TIMEOUT)
+            self.side_done.setdefault(kind, []).append(" is now " in what)
+            self.log.instant(kind, f.index, (to,), what, start)
+        elif f.kind is FaultKind.RANGE_SPLIT:
+            key = split_point(f.pick, c.keys, c.range_starts())
+            self.log.event("begin", kind, f.index, (), f"splitting at {key!r}")
+            done, what = c.split(key, _SPLIT_TIMEOUT)
+            self.side_done.setdefault(kind, []).append(done)
+            self.log.instant(kind, f.index, (), what, start)
+        elif f.kind is FaultKind.MEMBER:
+            if len(c.procs) >= c.founders + SHARDED_JOINS:
+                self.log.event("skip", kind, f.index, (), f"{SHARDED_JOINS} nodes joined "
+                               "already (a sharded cluster cannot remove one)")  # fmt: skip
+                return
+            self.log.event("begin", kind, f.index, (), "a node joins")
+            node, what = c.add_node(_MEMBER_TIMEOUT)
+            self.side_done.setdefault(kind, []).append(what.startswith("joined"))
+            self.log.instant(kind, f.index, (node,), f"node {node} {what}", start)
+        else:  # pragma: no cover - main kinds never reach here
+            raise AssertionError(f.kind)
+
+    def side_summary(self) -> str:
+        """Sharded: ``range-split 2/2, transfer 3/4, member 1/1`` (done of asked), or
+        "" when there was none. A side event can fail without fault of the cluster's
+        (a target that went down meanwhile, a move in progress); a kind that never
+        succeeded is worth a look."""
+        return ", ".join(
+            f"{kind} {sum(oks)}/{len(oks)}" for kind, oks in sorted(self.side_done.items())
         )

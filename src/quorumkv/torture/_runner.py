@@ -6,7 +6,11 @@ Theory of operation
    to ``plan.json``.
 2. Open the network (namespaces need root; a failure here stops the run with a
    ``TortureError`` that says so), start the cluster (``_cluster``) and wait until it is
-   healthy. The run's clock starts now: history, fault log and plan share it.
+   healthy. A sharded cluster is then split at the middle torture key
+   (``_sharded.initial_splits``), so that the colliding keys lie in two ranges, two
+   Raft groups, from the first operation on; the nodes' split threshold and the
+   ``range-split`` events cut further. The run's clock starts now: history, fault log
+   and plan share it.
 3. Start the load (``_load``) and let the nemesis (``_nemesis``) carry out the plan on
    the main thread for ``duration`` seconds, printing progress; then heal everything,
    keep the load on for ``settle`` seconds (so recovery after the last fault is
@@ -44,7 +48,8 @@ from quorumkv.torture._history import FINAL_CLIENT, Outcome, Recorder, write_his
 from quorumkv.torture._load import LoadConfig, Workload, key_names
 from quorumkv.torture._nemesis import FaultLog, Nemesis
 from quorumkv.torture._network import Loopback, Netns, Network
-from quorumkv.torture._schedule import FaultKind, default_kinds, make_plan
+from quorumkv.torture._schedule import SHARDED_KINDS, FaultKind, default_kinds, make_plan
+from quorumkv.torture._sharded import initial_splits
 from quorumkv.torture._system import TortureError, is_root, require_root
 
 DISK_PARTS = {"data": "", "wal": "raft/wal", "kv": "kv"}
@@ -70,10 +75,19 @@ class TortureConfig:
     recovery_timeout: float = 60.0
     settle: float = 3.0
     progress_every: float = 5.0
+    sharded: bool = False
+    """Found a sharded cluster (a meta range and ranges of keys, each its own group)."""
+    split_keys: int = 2
+    """Sharded: the nodes' ``--split-keys``, so ranges also split by themselves as the
+    load fills them (the torture keys are few)."""
 
     def __post_init__(self) -> None:
         if self.nodes < 3:
             raise ValueError(f"a torture run needs at least 3 nodes, not {self.nodes}")
+        if self.sharded and self.load.keys < 2:
+            raise ValueError("a sharded run needs at least 2 keys, to spread them over ranges")
+        if self.split_keys < 1:
+            raise ValueError(f"split_keys must be positive, not {self.split_keys}")
         if self.duration <= 0:
             raise ValueError(f"duration must be positive, not {self.duration:g}")
         if self.disk_at not in DISK_PARTS:
@@ -84,7 +98,12 @@ class TortureConfig:
     def kinds(self) -> tuple[FaultKind, ...]:
         """The fault kinds of the run; ``TortureError`` for ones it cannot do."""
         if self.faults is None:
-            return default_kinds(netns=self.netns, root=is_root())
+            return default_kinds(netns=self.netns, root=is_root(), sharded=self.sharded)
+        needs_sharded = [k.value for k in self.faults if k in SHARDED_KINDS]
+        if needs_sharded and not self.sharded:
+            raise TortureError(
+                f"fault kinds {', '.join(needs_sharded)} act on ranges: they need --sharded"
+            )
         needs_netns = [k.value for k in self.faults if k.is_partition]
         if needs_netns and not self.netns:
             raise TortureError(
@@ -107,7 +126,8 @@ class TortureConfig:
             "disk_at": self.disk_at,
             "recovery_timeout": self.recovery_timeout,
             "settle": self.settle,
-        }
+            "sharded": self.sharded,
+        } | ({"split_keys": self.split_keys} if self.sharded else {})
 
 
 def run_torture(cfg: TortureConfig, echo: Callable[[str], None] = print) -> Summary:
@@ -123,12 +143,16 @@ def run_torture(cfg: TortureConfig, echo: Callable[[str], None] = print) -> Summ
     )
     network: Network = Netns() if cfg.netns else Loopback()
     disk = cfg.disk_mb << 20 if FaultKind.DISK_FULL in kinds else None
+    keys = key_names(cfg.load.keys)
     cluster = TortureCluster(
         out / "cluster",
         cfg.nodes,
         network,
         disk_bytes=disk,
         disk_at=DISK_PARTS[cfg.disk_at],
+        sharded=cfg.sharded,
+        split_keys=cfg.split_keys if cfg.sharded else None,
+        keys=keys,
         log=echo,
     )
     recorder: Recorder | None = None
@@ -136,13 +160,20 @@ def run_torture(cfg: TortureConfig, echo: Callable[[str], None] = print) -> Summ
         stack.callback(network.close)  # runs last: after every process is gone
         network.open()
         stack.callback(cluster.stop)
+        shape = f"sharded (split at {cfg.split_keys} keys)" if cfg.sharded else "unsharded"
         echo(
-            f"qkv torture: seed {cfg.seed}, {cfg.nodes} nodes on {network.name}, "
+            f"qkv torture: seed {cfg.seed}, {cfg.nodes} nodes on {network.name}, {shape}, "
             f"{cfg.duration:g} s of faults ({', '.join(k.value for k in kinds)}), "
             f"{len(plan)} planned; output in {out}"
         )
         cluster.start()
         echo(f"cluster up: {', '.join(cluster.endpoints())}")
+        if cfg.sharded:
+            for key in initial_splits(keys):
+                done, what = cluster.split(key, timeout=20.0)
+                if not done:
+                    raise TortureError(f"the sharded cluster could not be prepared: {what}")
+                echo(what)
         t0 = time.monotonic()
 
         def clock() -> float:
@@ -163,12 +194,13 @@ def run_torture(cfg: TortureConfig, echo: Callable[[str], None] = print) -> Summ
         echo(f"[{load_end:7.2f}s] load stopped; waiting for the cluster to recover by itself")
         healthy, health = cluster.converge(cfg.recovery_timeout)
         echo(f"[{clock():7.2f}s] {'recovered' if healthy else 'NOT recovered'}: {health[0]}")
-        keys = key_names(cfg.load.keys)
         problems = _final_reads(cluster, recorder, keys, timeout=10.0 if healthy else 3.0)
         problems += nemesis.failures
         codes = cluster.stop()
         notes = [f"node {i} exited with status {c} when stopped" for i, c in codes.items() if c]
         notes += nemesis.observations + [f"client contract: {s}" for s in load.surprises[:20]]
+        if nemesis.side_summary():
+            notes.append(f"side events that did what they asked: {nemesis.side_summary()}")
         network.close()
     records = recorder.records()
     write_history(out / "history.jsonl", records)

@@ -5,16 +5,17 @@ Theory of operation
 ``make_plan(seed, duration, kinds)`` draws, from ``random.Random(seed)`` and nothing
 else, a timeline of *main* faults (crashes, pauses, partitions, a full disk), one at a
 time with a quiet gap after each so the cluster can show how fast it recovers, and
-*side* events (membership changes, leader transfers) placed mostly inside the main
-faults' holds, so that they happen while something is broken. A main fault starts at
-``at`` seconds after the run began and is healed ``hold`` seconds later; every fault
-of the plan is healed before ``duration``.
+*side* events (membership changes, leader transfers, and on a sharded cluster forced
+range splits) placed mostly inside the main faults' holds, so that they happen while
+something is broken. A main fault starts at ``at`` seconds after the run began and is
+healed ``hold`` seconds later; every fault of the plan is healed before ``duration``.
 
-Targets are not chosen here: which node leads, or which nodes are members, is only
-known when the fault starts. Each fault carries ``pick``, a number drawn from the seed
-that the nemesis turns into a choice among the nodes of that moment (``choose``), so a
-seed fixes the plan while the run it drives (real processes, real time) is not
-deterministic. A seed reproduces the schedule, not the interleaving.
+Targets are not chosen here: which node leads, which nodes are members, or (sharded)
+where the ranges start, is only known when the fault starts. Each fault carries
+``pick``, a number drawn from the seed that the nemesis turns into a choice among the
+nodes (or ranges) of that moment (``choose``, ``_sharded``), so a seed fixes the plan
+while the run it drives (real processes, real time) is not deterministic. A seed
+reproduces the schedule, not the interleaving.
 
 This module must never do I/O, read a clock, or use the global random generator.
 """
@@ -49,9 +50,13 @@ class FaultKind(enum.Enum):
     DISK_FULL = "disk-full"
     """Fill one node's tmpfs data disk; it must stop; free it and restart the node."""
     MEMBER = "member"
-    """Side event: add a node (N -> N+1 members) or remove one (N+1 -> N)."""
+    """Side event: add a node (N -> N+1 members) or remove one (N+1 -> N). Sharded: a
+    node joins (a sharded cluster cannot remove a node yet), and ranges move to it."""
     TRANSFER = "transfer"
-    """Side event: move leadership to another voter."""
+    """Side event: move leadership to another voter. Sharded: of the meta range or of
+    a range holding torture keys."""
+    RANGE_SPLIT = "range-split"
+    """Side event, sharded only: split a range at or next to a torture key."""
 
     @property
     def is_side(self) -> bool:
@@ -67,7 +72,9 @@ PARTITION_KINDS = frozenset(
     {FaultKind.ISOLATE, FaultKind.SPLIT, FaultKind.BRIDGE, FaultKind.ONE_WAY}
 )
 """Kinds that need one network namespace per node (``--netns``)."""
-SIDE_KINDS = frozenset({FaultKind.MEMBER, FaultKind.TRANSFER})
+SIDE_KINDS = frozenset({FaultKind.MEMBER, FaultKind.TRANSFER, FaultKind.RANGE_SPLIT})
+SHARDED_KINDS = frozenset({FaultKind.RANGE_SPLIT})
+"""Kinds that need a sharded cluster."""
 ROOT_KINDS = PARTITION_KINDS | {FaultKind.DISK_FULL}
 """Kinds that need root: namespaces and routes, or mounting a tmpfs."""
 
@@ -125,13 +132,15 @@ def parse_kinds(text: str) -> tuple[FaultKind, ...]:
     return tuple(dict.fromkeys(known[n] for n in names))
 
 
-def default_kinds(*, netns: bool, root: bool) -> tuple[FaultKind, ...]:
-    """Every kind the network mode and privileges allow."""
+def default_kinds(*, netns: bool, root: bool, sharded: bool = False) -> tuple[FaultKind, ...]:
+    """Every kind the network mode, privileges and kind of cluster allow."""
     out = []
     for k in FaultKind:
         if k.is_partition and not netns:
             continue
         if k is FaultKind.DISK_FULL and not root:
+            continue
+        if k in SHARDED_KINDS and not sharded:
             continue
         out.append(k)
     return tuple(out)
