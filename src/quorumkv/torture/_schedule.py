@@ -51,7 +51,7 @@ class FaultKind(enum.Enum):
     """Fill one node's tmpfs data disk; it must stop; free it and restart the node."""
     MEMBER = "member"
     """Side event: add a node (N -> N+1 members) or remove one (N+1 -> N). Sharded: a
-    node joins (a sharded cluster cannot remove a node yet), and ranges move to it."""
+    node joins (draining and removing a node is not a torture event yet), and ranges move to it."""
     TRANSFER = "transfer"
     """Side event: move leadership to another voter. Sharded: of the meta range or of
     a range holding torture keys."""
