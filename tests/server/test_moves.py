@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
-from quorumkv.consensus import ChangeType, NodeId
+from quorumkv.consensus import ChangeType, GroupId, NodeId
+from quorumkv.kv import Engine
+from quorumkv.server._machines import KVMachine
 from quorumkv.server._moves import Mover
+from quorumkv.server._sharding import Shards
 from quorumkv.shard import (
     Directory,
     Epoch,
@@ -136,3 +139,35 @@ def test_a_meta_learner_on_a_removed_node_is_removed_once_silent() -> None:
     d = _directory({1: now, 2: now, 3: now, 4: now - 60})
     d.apply(SetNodeState(NodeId(4), NodeState.REMOVED))
     assert _mover()._meta_step(_replica({1, 2, 3}, {4}), d, 30.0) == (ChangeType.REMOVE, 4)
+
+
+def _group(voters: set[int], learners: Any = (), outgoing: Any = ()) -> Any:
+    conf = SimpleNamespace(
+        voters={NodeId(v) for v in voters},
+        learners={NodeId(v) for v in learners},
+        voters_outgoing={NodeId(v) for v in outgoing},
+    )
+    return SimpleNamespace(
+        raw=SimpleNamespace(raft=SimpleNamespace(trk=SimpleNamespace(conf=conf)))
+    )
+
+
+def test_a_removed_node_retires_only_once_no_group_counts_it(tmp_path: Any) -> None:
+    engine = Engine(tmp_path / "kv")
+    try:
+        node = SimpleNamespace(node_id=ME, replicas={}, retired=None)
+        shards = SimpleNamespace(node=node)
+        held = SimpleNamespace(sm=KVMachine.pending(engine, 5))
+        node.replicas = {GroupId(1): _group({1, 2, 3}), GroupId(5): held}
+        assert not Shards._may_retire(shards)  # type: ignore[arg-type]
+        assert node.retired is None  # still a meta voter
+        node.replicas[GroupId(1)] = _group({2, 3, 4}, {1}, outgoing={1, 2, 3})
+        assert not Shards._may_retire(shards)  # type: ignore[arg-type]  # joint: votes
+        node.replicas[GroupId(1)] = _group({2, 3, 4}, {1})
+        node.replicas[GroupId(6)] = SimpleNamespace(sm=object())  # a replica with data
+        assert not Shards._may_retire(shards)  # type: ignore[arg-type]
+        del node.replicas[GroupId(6)]  # collected; only a pending one is left
+        assert Shards._may_retire(shards)  # type: ignore[arg-type]
+        assert node.retired == f"node {ME} was removed from the cluster"
+    finally:
+        engine.close()
