@@ -6,9 +6,10 @@ import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from quorumkv.sim._linearizability import OpKind
-from quorumkv.torture import Outcome, Record
+from quorumkv.torture import FaultInterval, Outcome, Record, Summary, analyze
 
 STALE_CLIENT = 1_000_000
 """The client id of a fabricated read."""
@@ -56,6 +57,22 @@ def stale_read(records: Sequence[Record]) -> Record:
                 client=STALE_CLIENT,
             )
     raise AssertionError("no acknowledged put was overwritten later: nothing to read stale")
+
+
+def analyze_with_stale_read(records: Sequence[Record], events: Sequence[dict[str, Any]]) -> Summary:
+    """The run's history analysed again with a stale read planted in it (each fault of
+    the run's log held for a second): the same pipeline must flag it."""
+    starts = [e for e in events if e["event"] == "start"]
+    intervals = [FaultInterval(e["fault"], e["kind"], e["t"], e["t"] + 1.0) for e in starts]
+    return analyze(
+        [*records, stale_read(records)],
+        intervals,
+        healthy=True,
+        health=[],
+        meta={},
+        load_start=0.0,
+        load_end=max(r.complete or 0.0 for r in records),
+    )
 
 
 def namespaces(prefix: str = "qkvt-") -> set[str]:

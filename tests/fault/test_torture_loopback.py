@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from fault_helpers import pids_running_in, stale_read
+from fault_helpers import analyze_with_stale_read, pids_running_in
 
 from quorumkv.cli import main
-from quorumkv.torture import FaultKind, analyze, make_plan, read_history
-from quorumkv.torture._analysis import FaultInterval
+from quorumkv.torture import FaultKind, make_plan, read_history
 
 SEED = 15
 KINDS = "kill,kill-leader,pause,pause-leader,member,transfer"
@@ -57,16 +56,7 @@ def test_kills_and_pauses_on_loopback(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(puts) == len(set(puts)), "a value was written twice"
 
     # The same pipeline flags the same history once a stale read is planted in it.
-    intervals = [FaultInterval(e["fault"], e["kind"], e["t"], e["t"] + 1.0) for e in starts]
-    planted = analyze(
-        [*records, stale_read(records)],
-        intervals,
-        healthy=True,
-        health=[],
-        meta={},
-        load_start=0.0,
-        load_end=max(r.complete or 0.0 for r in records),
-    )
+    planted = analyze_with_stale_read(records, events)
     assert planted.linearizable is False and not planted.passed
     assert "not linearizable" in planted.explanation
 

@@ -13,11 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
-from fault_helpers import pids_running_in, stale_read
+from fault_helpers import analyze_with_stale_read, pids_running_in
 
 from quorumkv.cli import main
-from quorumkv.torture import FaultKind, analyze, make_plan, read_history
-from quorumkv.torture._analysis import FaultInterval
+from quorumkv.torture import FaultKind, make_plan, read_history
 
 SEED = 149
 KINDS = "kill,kill-leader,pause,pause-leader,member,transfer,range-split"
@@ -78,17 +77,7 @@ def test_sharded_kills_pauses_splits_and_a_join_on_loopback(
     assert len(puts) == len(set(puts)), "a value was written twice"
 
     # The same pipeline flags the same history once a stale read is planted in it.
-    starts = [e for e in events if e["event"] == "start"]
-    intervals = [FaultInterval(e["fault"], e["kind"], e["t"], e["t"] + 1.0) for e in starts]
-    planted = analyze(
-        [*records, stale_read(records)],
-        intervals,
-        healthy=True,
-        health=[],
-        meta={},
-        load_start=0.0,
-        load_end=max(r.complete or 0.0 for r in records),
-    )
+    planted = analyze_with_stale_read(records, events)
     assert planted.linearizable is False and not planted.passed
 
 
