@@ -45,7 +45,14 @@ from quorumkv.kv import (
     encode_command,
     encode_result,
 )
-from quorumkv.kv._codec import FORMAT, encode_get, encode_put, encode_request, pack
+from quorumkv.kv._codec import (
+    FORMAT,
+    decode_entry,
+    encode_get,
+    encode_put,
+    encode_request,
+    pack,
+)
 
 MAX_KEY = LIMITS.max_key_bytes
 
@@ -193,6 +200,30 @@ def test_a_fast_decode_is_the_general_decode(doc: tuple[Any, ...], client: int, 
     fast = pack([FORMAT, client, seq, list(doc)])
     general = pack([FORMAT, client, seq, [*doc, "ignored"]])
     assert decoded(fast) == decoded(general)
+
+
+ids = st.one_of(st.integers(-1, 3), st.just((1 << 64) - 1), docf)
+
+
+@settings(max_examples=500)
+@given(put_docs, ids, ids)
+def test_a_plain_put_decoded_as_a_tuple_is_the_general_decode(
+    doc: tuple[Any, ...], client: Any, seq: Any
+) -> None:
+    """``decode_entry`` gives a tuple only for a valid put without prev_kv, and that
+    tuple is the command the general decoder builds (or the same error)."""
+    data = pack([FORMAT, client, seq, list(doc)])
+    general = pack([FORMAT, client, seq, [*doc, "ignored"]])
+    try:
+        got = decode_entry(data)
+    except KVError as e:
+        assert decoded(general) == (type(e).__name__, str(e))
+        return
+    if type(got) is tuple:
+        assert doc[4] is False
+        c, s, k, v, lease = got
+        got = Command(c, s, PutRequest(k, v, lease))
+    assert repr(got) == decoded(general)
 
 
 def test_well_formed_puts_and_ranges_decode_the_same_either_way() -> None:

@@ -277,22 +277,38 @@ class Executor:
             raise AssertionError(f"revision {(main, sub)} is stored already: stamped twice")
         self.index.add(key, rev)
 
+    def put(self, key: bytes, value: bytes, lease: int, stamp: int = 0) -> int:
+        """``run(PutRequest(key, value, lease), stamp)`` for a checked plain put (no
+        ``prev_kv``), without the request and response objects: the same writes. Returns
+        the response's revision."""
+        assert self._sub == 0
+        main = self.main = stamp or self.current + 1
+        self._replace(key, value, lease)
+        self.current = main
+        self._sub = 0
+        return main
+
     def _put(self, op: PutRequest) -> PutResponse:
-        # The hot path of the state machine: the previous record is unpacked but only
-        # made a KeyValue when the request asks for it.
-        main = self.main
-        key = op.key
+        main, key = self.main, op.key
+        prev = self._replace(key, op.value, op.lease)
+        if prev is None or not op.prev_kv:
+            return PutResponse(main, None)
+        _, value, create, mod, version, lease, _ = prev
+        return PutResponse(main, KeyValue(key, value, create, mod, version, lease))
+
+    def _replace(self, key: bytes, value: bytes, lease: int) -> list[Any] | None:
+        """Write ``key``'s new record; the unpacked record it replaces, if live. The hot
+        path of the state machine: the previous record is unpacked, never made a
+        ``KeyValue`` here."""
         rev = self.index.pick(key, None)
         if rev is None or rev & 1:
-            self._write(key, op.value, main, 1, op.lease, False)
-            return PutResponse(main, None)
+            self._write(key, value, self.main, 1, lease, False)
+            return None
         data = self.txn.get(rev_key(rev), db=self.dbs.rev)
         assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
-        _, value, create, mod, version, lease, _ = unpack(data)
-        self._write(key, op.value, create, version + 1, op.lease, False)
-        if not op.prev_kv:
-            return PutResponse(main, None)
-        return PutResponse(main, KeyValue(key, value, create, mod, version, lease))
+        prev: list[Any] = unpack(data)
+        self._write(key, value, prev[2], prev[4] + 1, lease, False)
+        return prev
 
     def _delete(self, op: DeleteRangeRequest) -> DeleteRangeResponse:
         victims = list(self.index.live(op.key, op.range_end, None))

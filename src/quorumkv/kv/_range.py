@@ -51,7 +51,13 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from quorumkv.errors import OutOfRangeError, StaleStampError
-from quorumkv.kv._codec import Result, decode_command, decode_result, encode_result
+from quorumkv.kv._codec import (
+    Result,
+    decode_entry,
+    decode_result,
+    encode_put_response,
+    encode_result,
+)
 from quorumkv.kv._errors import KVError, MalformedRequestError, StoreFullError
 from quorumkv.kv._exec import Executor, read_range
 from quorumkv.kv._index import KeyIndex, rev_key
@@ -61,6 +67,7 @@ from quorumkv.kv._types import (
     DeleteRangeRequest,
     KeyValue,
     PutRequest,
+    PutResponse,
     RangeRequest,
     RangeResponse,
     Request,
@@ -369,44 +376,64 @@ class RangeStore:
 
     def _apply_one(self, txn: Any, ex: Executor, data: bytes, encoded: bool) -> Any:
         # The hot path of an unstamped store: one byte and one flag checked, and
-        # nothing of stamps or bounds beyond two falsy tests.
+        # nothing of stamps or bounds beyond two falsy tests; a plain put is never
+        # made a request or a response object (``decode_entry``, ``Executor.put``).
         stamp = 0
         if data[0] == 0xC1 or self.stamped:
             stamp, data, refused = self._unwrap(data)
             if refused is not None:
                 return self._refuse(refused, encoded)
         try:
-            cmd = decode_command(data)
+            cmd = decode_entry(data)
         except KVError as e:
             return self._refuse(e, encoded)
+        if type(cmd) is tuple:
+            client, seq, key, value, lease = cmd
+            request: Request | None = None
+        else:
+            client, seq, request = cmd.client, cmd.seq, cmd.request  # type: ignore[union-attr]
         sessions = self._dbs.sessions
-        session = self._sessions + _U64.pack(cmd.client)
-        if cmd.client:
+        session = self._sessions + _U64.pack(client)
+        if client:
             last = txn.get(session, db=sessions)
             if last is not None:
-                seq = _U64.unpack_from(last)[0]
-                if cmd.seq < seq:
+                last_seq = _U64.unpack_from(last)[0]
+                if seq < last_seq:
                     return None  # the client has moved on; nobody waits for this answer
-                if cmd.seq == seq:
+                if seq == last_seq:
                     stored = bytes(last[8:])
                     return stored if encoded else decode_result(stored)
         if stamp and stamp <= ex.current:
             return self._refuse(StaleStampError(stamp, ex.current), encoded)
         if not self._whole:
-            bad = outside(cmd.request, self.start, self.end)
+            start, end = self.start, self.end
+            if request is None:
+                bad = None if start <= key and _below_end(key, end) else key
+            else:
+                bad = outside(request, start, end)
             if bad is not None:
-                err = OutOfRangeError(self.range_id, bad, self.start, self.end)
+                err = OutOfRangeError(self.range_id, bad, start, end)
                 return self._refuse(err, encoded)
+        enc: bytes
         result: Result
-        try:
-            result = ex.run(cmd.request, stamp)
-        except KVError as e:
-            result = e
-        if not cmd.client:
-            return encode_result(result) if encoded else result
-        enc = encode_result(result)
-        txn.put(session, _U64.pack(cmd.seq) + enc, db=sessions)
-        return enc if encoded else result
+        if request is None:
+            revision = ex.put(key, value, lease, stamp)
+            if not client and not encoded:
+                return PutResponse(revision)
+            enc = encode_put_response(revision)
+        else:
+            try:
+                result = ex.run(request, stamp)
+            except KVError as e:
+                result = e
+            if not client and not encoded:
+                return result
+            enc = encode_result(result)
+        if client:
+            txn.put(session, _U64.pack(seq) + enc, db=sessions)
+        if encoded:
+            return enc
+        return PutResponse(revision) if request is None else result
 
     def set_desc(self, index: int, desc: bytes) -> None:
         """Record a new descriptor and move the applied index to ``index`` (a replica
