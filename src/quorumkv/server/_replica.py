@@ -1234,6 +1234,7 @@ class Replica:
             "applied": self.sm.applied_index(),
             "revision": self.sm.revision(),
             "keys": self.sm.keys(),
+            "bytes": self.sm.size_bytes(),
             "voters": sorted(int(v) for v in r.trk.conf.voters),
             "learners": sorted(int(v) for v in r.trk.conf.learners),
             "quiet": self.quiet,
