@@ -23,6 +23,12 @@ deduplicate (membership changes, leader transfer) pass ``idempotent=False``: the
 retried only when the answer proves nothing was done, and raise ``RequestTimeoutError``
 at once when a try's outcome is unknown rather than risk doing the work twice.
 
+A router built with ``read_from`` ``"follower"`` or ``"any"`` sends reads by ``_spread``
+instead: one try at each replica ``_replicas`` picks among the voters (an unsharded
+client learns them from a node's status; a range's router is given its descriptor's), on
+connections of a ``Pool``, then ``_call`` to the leader if none could answer; the
+give-up error also says why each replica tried could not. Writes never go that way.
+
 The hot path, a request on an open primary, is one future, one deadline entry and one
 frame: no task, no timer handle, no lock, no log line. Tasks exist only for dials and
 are tracked in ``_tasks``. ``close`` cancels them, aborts every connection (so each
