@@ -5,9 +5,10 @@ A ``FakeCluster`` is N ``FakeNode`` servers sharing one ``MVCCStore`` (in a tmp 
 and a notion of who leads. Each node speaks the client side of ``quorumkv.net``
 exactly: the handshake, then ``[req_id, op, body]`` → ``[req_id, code, body]``. A node
 that is not the leader answers ERR_NOT_LEADER ``[leader, leader_addr]`` to everything
-but status and serializable reads, as the server does. Writes are applied through
-``MVCCStore.apply``, so a retried ``(client, seq)`` gets the stored answer exactly as
-from a real node.
+but status and serializable reads; with ``followers_read`` set it answers linearizable
+reads too, as the server does (there through a read index from the leader). Writes are
+applied through ``MVCCStore.apply``, so a retried ``(client, seq)`` gets the stored
+answer exactly as from a real node.
 
 Faults are scripted per node: ``faults`` is a queue consumed one per request,
 ``always`` applies when the queue is empty. A fault is an answer ``(code, body)`` sent
@@ -222,12 +223,15 @@ class FakeCluster:
         self.leader = leader
         self.nodes = {i: FakeNode(self, i) for i in range(1, n + 1)}
         self.members: list[dict[str, Any]] = []
+        self.followers_read = False
+        """Followers answer linearizable reads (a follower read, ``read_from``)."""
 
     def work(self, node: FakeNode, seen: Seen) -> tuple[int, Any]:
         cl = self
         if seen.op == OP_STATUS:
             return OK, cl.status(node.node_id)
-        if node.node_id != cl.leader and not seen.serializable:
+        follower_read = cl.followers_read and seen.op == OP_READ
+        if node.node_id != cl.leader and not seen.serializable and not follower_read:
             return ERR_NOT_LEADER, [cl.leader, cl.addr_of(cl.leader)]
         if seen.op == OP_WRITE:
             assert seen.command is not None

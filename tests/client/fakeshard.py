@@ -15,8 +15,9 @@ exactly as the protocol's docstring says a sharded node does:
   replica of the range answers ERR_WRONG_RANGE (``WrongRange`` with the directory's
   descriptor of the range as its hint); a replica that does not lead it answers
   ERR_NOT_LEADER with that range's leader (ERR_UNAVAILABLE when it has none), except a
-  serializable read; the leader looks the command's session up (per range and client
-  id: the same seq is answered from it, an older one refused), then checks every key
+  serializable read, and any read when ``followers_read`` is set (a follower read);
+  the leader looks the command's session up (per range and client id: the same seq
+  is answered from it, an older one refused), then checks every key
   against the range's bounds (``OutOfRangeError`` result, no session recorded), then
   applies it and records the session;
 * ``OP_SPLIT [range_id, version, key]`` at the range's leader splits it (the right
@@ -148,6 +149,8 @@ class FakeShardedCluster:
         self.applied = 0
         """Writes applied (each once, whatever the retries)."""
         self.meta_nodes = set(self.nodes)
+        self.followers_read = False
+        """Every replica of a range answers its reads (a follower read, ``read_from``)."""
         self.auto_publish = True
         self.directory: dict[int, RangeDescriptor] = {}
         self.publish()
@@ -237,7 +240,8 @@ class FakeShardedCluster:
             hint = (known,) if known is not None else ()
             return ERR_WRONG_RANGE, WrongRange(RangeId(rid), Epoch(0, version), hint).to_wire()
         leader = self.leaders.get(rid, 0)
-        if node.node_id != leader and not seen.serializable:
+        follower_read = self.followers_read and op == OP_RANGE_READ
+        if node.node_id != leader and not seen.serializable and not follower_read:
             if not leader:
                 return ERR_UNAVAILABLE, f"range {rid} has no leader"
             return ERR_NOT_LEADER, [leader, self.addr_of(leader)]

@@ -111,6 +111,30 @@ def test_a_range_splits_by_itself_past_its_key_threshold(make_cluster: Any) -> N
         assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(1000)]
 
 
+def test_a_range_splits_by_itself_past_its_byte_threshold(make_cluster: Any) -> None:
+    cluster = make_cluster(3, extra_args=["--sharded", "--split-bytes", "32KiB"], tick_ms=20)
+    value = b"x" * 1024
+    with cluster.client(timeout=30) as cl:
+        for i in range(100):  # about 105 KiB of records, far fewer keys than --split-keys
+            cl.put(_key(i), value)
+        deadline = time.monotonic() + 60
+        while len(cl.ranges()) < 2:
+            assert time.monotonic() < deadline, f"no automatic split: {cl.ranges()}"
+            time.sleep(0.2)
+        descs = cl.ranges()
+        assert descs[0].start == b"" and descs[-1].end == b""
+        assert all(a.end == b.start for a, b in itertools.pairwise(descs))
+        everything = cl.range(b"k", prefix=True, keys_only=True)
+        assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(100)]
+    # Every replica reports its range's real size: the records of its keys.
+    sizes: dict[int, int] = {}
+    for n in cluster.nodes:
+        for r in cluster.nodes[n].status()["ranges"]:
+            sizes[r["id"]] = max(sizes.get(r["id"], 0), r["bytes"])
+    assert all(sizes[d.range_id] > 0 for d in descs)
+    assert sum(sizes[d.range_id] for d in descs) >= 100 * len(value)
+
+
 def test_an_unsharded_cluster_has_no_ranges_to_show(make_cluster: Any) -> None:
     cluster = make_cluster(1)
     with cluster.client(timeout=10) as cl, pytest.raises(ClientError, match="not sharded"):

@@ -11,6 +11,7 @@ from quorumkv.errors import OutOfRangeError, StaleStampError
 from quorumkv.kv import (
     ALL_KEYS,
     Command,
+    CompactionRequest,
     Compare,
     CompareOp,
     CompareTarget,
@@ -27,6 +28,7 @@ from quorumkv.kv import (
     encode_command,
     stamp_command,
 )
+from quorumkv.kv._codec import unpack
 
 MAP = 1 << 30
 
@@ -298,3 +300,49 @@ def test_an_engine_whose_commit_failed_refuses_new_rounds(tmp_path: Path) -> Non
     with pytest.raises(KVError, match="a commit failed"):
         e.begin_round()
     e.close()
+
+
+def _record_bytes(engine: Engine, rs: RangeStore) -> int:
+    """The bytes of ``rs``'s records, counted straight from the engine's ``rev`` table."""
+    total = 0
+    with engine.env.begin() as txn:
+        for k, v in txn.cursor(db=engine.dbs.rev).iternext():
+            key = unpack(v)[0]
+            if rs.start <= key and (not rs.end or key < rs.end):
+                total += len(k) + len(v)
+    return total
+
+
+def test_a_ranges_size_is_its_records_bytes_through_writes_compaction_splits_and_loads(
+    tmp_path: Path,
+) -> None:
+    # The placement planner splits a range past ``split_bytes`` by this size.
+    t = Two(tmp_path / "a")
+    assert (t.left.size_bytes(), t.right.size_bytes()) == (0, 0)
+    for i, key in enumerate([b"a", b"c", b"e", b"g", b"i", b"k"]):
+        t.apply(t.left, 1, 2 * i + 1, PutRequest(key, b"v" * (10 * i + 1)))
+        t.apply(t.left, 1, 2 * i + 2, PutRequest(key, b"w" * (100 * i)))  # a second revision
+    t.apply(t.left, 1, 20, DeleteRangeRequest(b"c"))  # a tombstone is a record too
+    t.apply(t.right, 2, 1, PutRequest(b"z", b"z" * 1000))
+    sizes = (_record_bytes(t.engine, t.left), _record_bytes(t.engine, t.right))
+    assert (t.left.size_bytes(), t.right.size_bytes()) == sizes and sizes[0] > 1500
+    # A refused request writes no record.
+    assert isinstance(t.apply(t.left, 1, 21, PutRequest(b"zz", b"x")), OutOfRangeError)
+    assert t.left.size_bytes() == sizes[0]
+    t.apply(t.left, 1, 22, CompactionRequest(t.left.revision()))
+    compacted = _record_bytes(t.engine, t.left)
+    assert t.left.size_bytes() == compacted < sizes[0]
+    child = t.left.split(100, b"f", 4, desc_left=b"L2", desc_right=b"C", child_applied=1)
+    t.index[2] = 100
+    assert t.left.size_bytes() == _record_bytes(t.engine, t.left) > 0
+    assert child.size_bytes() == _record_bytes(t.engine, child) > 0
+    assert t.left.size_bytes() + child.size_bytes() == compacted
+    halves = (t.left.size_bytes(), child.size_bytes(), t.right.size_bytes())
+    t.reopen()
+    child = t.engine.range(4)
+    assert (t.left.size_bytes(), child.size_bytes(), t.right.size_bytes()) == halves
+    other = Engine(tmp_path / "b", map_size=MAP)
+    restored = other.restore_range(4, list(child.snapshot()))
+    assert restored.size_bytes() == halves[1]
+    other.close()
+    t.engine.close()

@@ -14,6 +14,7 @@ from quorumkv.server._config import (
     read_identity,
     write_identity,
 )
+from quorumkv.shard import PlacementConfig
 
 PEERS = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
 
@@ -101,3 +102,31 @@ def test_identity_file_damage_is_reported(tmp_path: Path) -> None:
     (tmp_path / "node.json").write_text("{not json")
     with pytest.raises(ServerError, match="unreadable"):
         read_identity(tmp_path)
+
+
+def test_split_bytes_takes_sizes_with_units_and_defaults_to_the_planners(tmp_path: Path) -> None:
+    assert parse_config(_args(tmp_path)).split_bytes == PlacementConfig().split_bytes == 64 << 20
+    for text, want in (("65536", 65536), ("512KiB", 512 << 10), ("64MiB", 64 << 20),
+                       ("2g", 2 << 30), ("100 b", 100)):  # fmt: skip
+        assert parse_config(_args(tmp_path, "--split-bytes", text)).split_bytes == want
+    conf = tmp_path / "node.toml"
+    conf.write_text(f'id = 1\ndata-dir = "{tmp_path}"\nlisten = "127.0.0.1:7001"\n'
+                    'split-bytes = "1MiB"\n')  # fmt: skip
+    assert parse_config(["--config", str(conf)]).split_bytes == 1 << 20
+    conf.write_text(f'id = 1\ndata-dir = "{tmp_path}"\nlisten = "127.0.0.1:7001"\n'
+                    "split_bytes = 4096\n")  # fmt: skip
+    assert parse_config(["--config", str(conf)]).split_bytes == 4096
+
+
+def test_bad_split_bytes_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ServerError, match="--split-bytes must be positive"):
+        parse_config(_args(tmp_path, "--split-bytes", "0"))
+    for bad in ("64XB", "MiB", "-5", "1.5MiB"):
+        with pytest.raises(SystemExit):
+            parse_config(_args(tmp_path, "--split-bytes", bad))
+        assert "is not a size in bytes" in capsys.readouterr().err
+    conf = tmp_path / "node.toml"
+    conf.write_text(f'id = 1\ndata-dir = "{tmp_path}"\nlisten = "127.0.0.1:7001"\n'
+                    'split-bytes = "lots"\n')  # fmt: skip
+    with pytest.raises(ServerError, match="split-bytes: 'lots' is not a size in bytes"):
+        parse_config(["--config", str(conf)])

@@ -22,8 +22,16 @@ from quorumkv.consensus import (
     SnapshotMeta,
     Term,
 )
-from quorumkv.kv import Command, MVCCStore, PutRequest, encode_command
-from quorumkv.net import ERR_NOT_LEADER, OP_MEMBER_REMOVE, frame, pack
+from quorumkv.kv import (
+    Command,
+    MVCCStore,
+    PutRequest,
+    RangeRequest,
+    RangeResponse,
+    decode_result,
+    encode_command,
+)
+from quorumkv.net import ERR_NOT_LEADER, ERR_UNAVAILABLE, OK, OP_MEMBER_REMOVE, frame, pack
 from quorumkv.server._codec import encode_message
 from quorumkv.server._config import ServerConfig
 from quorumkv.server._node import GROUP, Node
@@ -113,6 +121,61 @@ def test_a_membership_change_replaced_by_another_leader_is_not_reported_done(
         await asyncio.wait_for(task, 10)
         assert sorted(r.trk.conf.voters) == [1, 2, 3]
         assert conn.out[0][1] == ERR_NOT_LEADER, conn.out  # not OK: it did not happen
+        await node.stop()
+
+    asyncio.run(body())
+
+
+def test_a_follower_answers_a_linearizable_read_only_once_it_applied_the_read_index(
+    tmp_path: Path,
+) -> None:
+    # A follower read (thesis 6.4, ``read_from``): the leader's read index may be ahead
+    # of what the follower applied; the answer must wait for it, and then see the write.
+    async def body() -> None:
+        node = _node(tmp_path)
+        replica = node.replicas[GROUP]
+        put = encode_command(Command(0, 0, PutRequest(b"k", b"v1")))
+        ent = Entry(Term(2), Index(2), EntryType.NORMAL, put)
+        # Node 2 leads term 2: the put is in our log, not yet known committed.
+        app = _msg(MessageType.APP, 2, log_term=Term(1), index=Index(1), entries=(ent,),
+                   commit=Index(1))  # fmt: skip
+        node.peer_messages(2, [app], 0)
+        await _until("the entry appended", lambda: replica.raw.raft.log.last_index() == 2)
+        assert replica.sm.applied_index() < 2
+        conn = _Conn()
+        get = encode_command(Command(0, 0, RangeRequest(b"k")))
+        replica.read(conn, 9, [get, False])  # type: ignore[arg-type]
+        await _until("the read index asked of node 2", lambda: bool(replica.read_batches))
+        (ctx,) = replica.read_batches
+        resp = _msg(MessageType.READ_INDEX_RESP, 2, index=Index(2), context=ctx)
+        node.peer_messages(2, [resp], 0)
+        await _until("the read index received", lambda: bool(replica.ready_reads))
+        assert conn.out == []  # index 2 is not applied here: no answer from older state
+        node.peer_messages(2, [_msg(MessageType.HEARTBEAT, 2, commit=Index(2))], 0)
+        await _until("the read answered", lambda: bool(conn.out))
+        ((req_id, code, data),) = conn.out
+        result = decode_result(data)
+        assert (req_id, code) == (9, OK) and isinstance(result, RangeResponse)
+        assert [kv.value for kv in result.kvs] == [b"v1"]
+        assert replica.sm.applied_index() == 2
+        served = node.metrics.reads_by_role
+        assert (served["follower"]._value.get(), served["leader"]._value.get()) == (1, 0)
+        await node.stop()
+
+    asyncio.run(body())
+
+
+def test_a_read_at_a_follower_with_no_leader_says_so(tmp_path: Path) -> None:
+    async def body() -> None:
+        node = _node(tmp_path)
+        replica = node.replicas[GROUP]
+        conn = _Conn()
+        get = encode_command(Command(0, 0, RangeRequest(b"k")))
+        replica.read(conn, 3, [get, False])  # type: ignore[arg-type]
+        await _until("the read refused", lambda: bool(conn.out))
+        ((req_id, code, why),) = conn.out
+        assert (req_id, code) == (3, ERR_UNAVAILABLE)
+        assert why == "node 1 (follower of group 1) knows no leader to ask for a read index"
         await node.stop()
 
     asyncio.run(body())

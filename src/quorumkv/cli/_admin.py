@@ -232,7 +232,9 @@ def register(sub: Any, common: ArgumentParser) -> None:
         help="a sharded cluster's ranges: bounds, replicas, leader, keys, size",
         description="Show the ranges of keys of a sharded cluster, in key order: their "
         "bounds, descriptor version, replicas, the node leading each, and the keys, size "
-        "and applied index its leader reports ('-' where it does not say).",
+        "(the bytes of its records, which the nodes' --split-bytes threshold is compared "
+        "with, as --split-keys is with the keys) and applied index its leader reports "
+        "('-' where it does not say).",
     )
     p.add_argument("--json", action="store_true", help="print the ranges as JSON")
     p.set_defaults(func=cmd_ranges)
@@ -241,7 +243,8 @@ def register(sub: Any, common: ArgumentParser) -> None:
         parents=[common],
         help="split the range holding KEY so that a new range starts at KEY",
         description="Split a range of a sharded cluster at KEY (an operator's split; the "
-        "cluster also splits ranges past --split-keys keys or --hot-write-ops writes/s). "
+        "cluster also splits ranges past the nodes' --split-bytes size (64 MiB) or "
+        "--split-keys keys (1,000,000), or above --hot-write-ops writes/s). "
         "No data is copied. Prints the two ranges.",
     )
     p.add_argument("key", help="the first key of the new range")

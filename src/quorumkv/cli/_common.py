@@ -12,7 +12,7 @@ import os
 import sys
 from typing import NoReturn
 
-from quorumkv.client import Client
+from quorumkv.client import Client, check_read_from
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 """Where ``qkv up`` puts a 3-node cluster by default."""
@@ -73,7 +73,8 @@ def connect(args: argparse.Namespace) -> Client:
     """A client on the command's endpoints; the caller closes it."""
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
-    return Client(endpoints(args), timeout=args.timeout)
+    read_from = check_read_from(getattr(args, "read_from", "leader"))
+    return Client(endpoints(args), timeout=args.timeout, read_from=read_from)
 
 
 def arg_bytes(text: str) -> bytes:

@@ -1,7 +1,8 @@
 """``qkv put``, ``get``, ``del``, ``range`` and ``txn``: parse, one client call, print.
 
 Reads are linearizable unless ``--serializable`` (then any node answers from what it
-has applied, possibly stale). Keys and values are taken as the bytes typed.
+has applied, possibly stale); ``--read-from follower`` or ``any`` spreads them over the
+replicas (``quorumkv.Client``'s ``read_from``). Keys and values are taken as the bytes typed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from quorumkv.cli._common import (
 )
 from quorumkv.cli._render import kv_json, kv_lines, txn_lines
 from quorumkv.cli._txn import SYNTAX, parse_compare, parse_op
+from quorumkv.client import READ_FROM
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -153,6 +155,13 @@ def _read_options(p: ArgumentParser) -> None:
         "--serializable",
         action="store_true",
         help="let any node answer from what it has applied (faster, may be stale)",
+    )
+    p.add_argument(
+        "--read-from",
+        choices=READ_FROM,
+        default="leader",
+        help="which replica answers: the leader (default), a follower (the leader only if "
+        "none can), or any voter; a linearizable read stays linearizable at a follower",
     )
     p.add_argument(
         "--rev", type=count, default=0, metavar="N", help="read as of revision N (default: now)"

@@ -15,6 +15,10 @@ What a caller can rely on:
 - Any node's address will do: the client follows the cluster's redirects to the leader,
   and after a failover finds the new one. Writes and linearizable reads go to the
   leader; ``serializable=True`` reads are answered by the node the client talks to.
+  A client built with ``read_from="follower"`` (or ``"any"``) spreads its reads over
+  the followers (or every voter) of the cluster or of the key's range instead, the
+  leader taking over when none can answer; a linearizable read stays linearizable (the
+  follower asks the leader for a read index and answers once it has applied up to it).
 - A call retries until its deadline (``timeout``, per call or the client's default)
   and then raises by its last failure: ``NotLeaderError``, ``UnavailableError``,
   ``TooManyRequestsError`` or ``RequestTimeoutError`` (then a write's outcome is
@@ -32,7 +36,8 @@ What a caller can rely on:
   ``ProtocolError``, and a refused membership change ``MembershipError``.
 
 Modules, bottom up: ``_conn`` (one pipelined connection), ``_lanes`` (exactly-once
-sessions), ``_policy`` (what each answer code means for a retry), ``_requests``
+sessions), ``_policy`` (what each answer code means for a retry), ``_replicas`` (which replica a
+spread read tries), ``_requests``
 (arguments to requests, answers to responses), ``_route`` (connections, routing and
 the retry loop), ``_pool`` (one connection per node for every range), ``_scan`` (reads
 over several ranges), ``_shards`` (routing by range), ``_aio`` (the asyncio API),
@@ -42,6 +47,7 @@ descriptors and the range cache) and ``quorumkv.errors`` only, never on the serv
 """
 
 from quorumkv.client._aio import AsyncClient
+from quorumkv.client._replicas import READ_FROM, ReadFrom, check_read_from
 from quorumkv.client._sync import Client
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["READ_FROM", "AsyncClient", "Client", "ReadFrom", "check_read_from"]

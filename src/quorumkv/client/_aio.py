@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from quorumkv.client._policy import ATTEMPT_TIMEOUT, ELECTION_BACKOFF_MAX, next_delay
+from quorumkv.client._replicas import ReadFrom
 from quorumkv.client._requests import (
     Data,
     cas_request,
@@ -79,6 +80,11 @@ class AsyncClient(Router):
     default deadline of a call, retries included; ``connect_timeout`` bounds one dial
     and handshake; ``attempt_timeout`` bounds one try, after which the call moves to
     another node (raise it for reads whose answers take longer than that to produce).
+    ``read_from`` says which replicas answer reads: ``"leader"`` (the default, where
+    writes go), ``"follower"`` (the followers in turn, the leader only if none can
+    answer) or ``"any"`` (every voter in turn); linearizable reads stay linearizable
+    wherever they are answered (a follower asks the leader for a read index and answers
+    once it has applied up to it), and learners are never asked.
     Use ``async with`` or call ``close()``.
     """
 
@@ -89,12 +95,14 @@ class AsyncClient(Router):
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        read_from: ReadFrom = "leader",
     ) -> None:
         super().__init__(
             endpoints,
             timeout=timeout,
             connect_timeout=connect_timeout,
             attempt_timeout=attempt_timeout,
+            read_from=read_from,
         )
         self.shards: Shards = Shards(self)
 
@@ -141,7 +149,8 @@ class AsyncClient(Router):
         timeout: float | None = None,
     ) -> KeyValue | None:
         """The pair at ``key`` (at ``revision``, 0: the latest), or None. Linearizable,
-        unless ``serializable``: then any node may answer from its possibly stale state."""
+        unless ``serializable``: then any node may answer from its possibly stale state.
+        The client's ``read_from`` says which replica answers."""
         k = key if type(key) is bytes else to_bytes("key", key)
         resp = await self._read(encode_get(k, revision), serializable, timeout, "get")
         return resp.kvs[0] if resp.kvs else None

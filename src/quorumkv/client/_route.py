@@ -23,6 +23,12 @@ deduplicate (membership changes, leader transfer) pass ``idempotent=False``: the
 retried only when the answer proves nothing was done, and raise ``RequestTimeoutError``
 at once when a try's outcome is unknown rather than risk doing the work twice.
 
+A router built with ``read_from`` ``"follower"`` or ``"any"`` sends reads by ``_spread``
+instead: one try at each replica ``_replicas`` picks among the voters (an unsharded
+client learns them from a node's status; a range's router is given its descriptor's), on
+connections of a ``Pool``, then ``_call`` to the leader if none could answer; the
+give-up error also says why each replica tried could not. Writes never go that way.
+
 The hot path, a request on an open primary, is one future, one deadline entry and one
 frame: no task, no timer handle, no lock, no log line. Tasks exist only for dials and
 are tracked in ``_tasks``. ``close`` cancels them, aborts every connection (so each
@@ -66,6 +72,7 @@ from quorumkv.client._policy import (
     terminal_error,
 )
 from quorumkv.client._pool import Pool
+from quorumkv.client._replicas import MEMBERS_TTL_S, ReadFrom, ReplicaReads, check_read_from
 from quorumkv.client._requests import decode, expect, expect_dict, parse_endpoints
 from quorumkv.errors import (
     ClientError,
@@ -106,6 +113,10 @@ if TYPE_CHECKING:
     from quorumkv.client._shards import Shards
 
 _WRITES = (OP_WRITE, OP_RANGE_WRITE)
+_REPLICA_FAILURES = frozenset(
+    {ERR_UNAVAILABLE, ERR_SHUTTING_DOWN, ERR_TIMEOUT, ERR_TOO_MANY, ERR_WRONG_RANGE}
+)
+"""Answers of a replica that could not serve a spread read: the next replica is tried."""
 _UNSHARDED = (OP_WRITE, OP_READ)
 
 
@@ -145,6 +156,7 @@ class Router:
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        read_from: ReadFrom = "leader",
         pool: Pool | None = None,
     ) -> None:
         if not timeout > 0 or not connect_timeout > 0 or not attempt_timeout > 0:
@@ -152,6 +164,15 @@ class Router:
                 f"timeouts must be positive, not {timeout!r}, {connect_timeout!r}, "
                 f"{attempt_timeout!r}"
             )
+        self._read_from = check_read_from(read_from)
+        self._replica_reads = None if read_from == "leader" else ReplicaReads(self._read_from)
+        """Set when reads are spread over the replicas (``_replicas``)."""
+        self._read_pool: Pool | None = None
+        """An unsharded client's connections to the replicas its reads are spread over
+        (a range's router uses ``_pool``)."""
+        self._read_voters: tuple[list[str], str | None, float] | None = None
+        """An unsharded client's voters, leader and until when to trust them (loop
+        time), from a node's status, for spread reads."""
         self._endpoints = parse_endpoints(endpoints)
         self._timeout = float(timeout)
         self._connect_timeout = float(connect_timeout)
@@ -199,6 +220,8 @@ class Router:
         self._closed = True
         if self.shards is not None:
             await self.shards.close()
+        if self._read_pool is not None:
+            await self._read_pool.close()
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
         tasks = list(self._tasks)
@@ -247,7 +270,10 @@ class Router:
             return await self._shard_read(by_range, command, serializable, timeout, what)
         body: list[Any] = [command, bool(serializable)]
         try:
-            answer, addr = await self._call(OP_READ, body, timeout, what)
+            if self._replica_reads is None:
+                answer, addr = await self._call(OP_READ, body, timeout, what)
+            else:
+                answer, addr = await self._read_at_replicas(body, timeout, what)
         except _Sharded:
             assert self.shards is not None
             return await self._shard_read(self.shards, command, serializable, timeout, what)
@@ -259,6 +285,108 @@ class Router:
         req = decode_command(command).request
         assert isinstance(req, RangeRequest)
         return await shards.read(req, serializable, timeout, what)
+
+    async def _read_at_replicas(
+        self, body: list[Any], timeout: float | None, what: str
+    ) -> tuple[Any, str]:
+        """An unsharded read spread over the cluster's voters (``_replicas``), which a
+        node's status names. Raises ``_Sharded`` if the cluster turns out sharded."""
+        loop = self._bind()
+        deadline = loop.time() + self._budget(timeout)
+        if self.sharded is None:
+            await self._learn_mode(timeout)
+        if self.sharded and self.shards is not None:
+            raise _Sharded
+        known = self._read_voters
+        if known is None or known[2] <= loop.time():
+            answer, addr = await self._call(OP_STATUS, None, deadline - loop.time(), what)
+            status = expect_dict(answer, "a status", addr)
+            self._learn(status)
+            members = status.get("members")
+            voters = [
+                m["addr"]
+                for m in (members if isinstance(members, list) else ())
+                if isinstance(m, dict) and m.get("voter") is True and isinstance(m.get("addr"), str)
+            ]
+            leader = status.get("leader_addr")
+            lead = leader if isinstance(leader, str) else None
+            known = self._read_voters = (voters, lead, loop.time() + MEMBERS_TTL_S)
+        voters, leader = known[0], self._leader_addr or known[1]
+        return await self._spread(voters, leader, OP_READ, body, deadline - loop.time(), what)
+
+    async def _spread(
+        self,
+        voters: Sequence[str],
+        leader: str | None,
+        op: int,
+        body: object,
+        timeout: float,
+        what: str,
+    ) -> tuple[Any, str]:
+        """A read at the replicas ``_replica_reads`` picks among ``voters``, one try
+        each; once none could answer (or none was picked), at the leader through
+        ``_call``'s retries. The give-up error then also says why each replica tried
+        could not answer."""
+        spread = self._replica_reads
+        assert spread is not None
+        loop = self._bind()
+        deadline = loop.time() + timeout
+        failures: list[str] = []
+        for addr in spread.order(voters, leader, loop.time()):
+            got = await self._try_replica(addr, op, body, deadline)
+            if isinstance(got, str):
+                failures.append(got)
+                spread.failed(addr, loop.time())
+                continue
+            spread.answered(addr)
+            return got
+        left = deadline - loop.time()
+        try:
+            if left <= 0:
+                raise UnavailableError(f"{what}: no replica answered within {timeout:g}s")
+            return await self._call(op, body, left, what)
+        except ClientError as e:
+            if failures and e.args and isinstance(e.args[0], str):
+                tried = "; ".join(failures)
+                e.args = (f"{e.args[0]} (replicas tried first: {tried})", *e.args[1:])
+            raise
+
+    async def _try_replica(
+        self, addr: str, op: int, body: object, deadline: float
+    ) -> tuple[Any, str] | str:
+        """One try of a read at ``addr``: its answer and address, or why it could not
+        answer (a failure a try elsewhere may not have). Raises for an answer no retry
+        can change."""
+        loop = asyncio.get_running_loop()
+        attempt = min(self._connect_timeout, self._attempt_timeout, deadline - loop.time())
+        if attempt <= 0:
+            return f"{addr}: no time left"
+        pool = self._pool
+        if pool is None:
+            pool = self._read_pool = self._read_pool or Pool(closed_error)
+        try:
+            conn = await pool.get(addr, attempt)
+        except (Unreachable, ProtocolError) as e:
+            return str(e)
+        if self._cluster and conn.cluster and conn.cluster != self._cluster:
+            return f"{addr} is a node of another cluster ({conn.cluster:016x})"
+        try:
+            code, answer = await conn.call(
+                op, body, min(deadline, loop.time() + self._attempt_timeout)
+            )
+        except ConnectionLost as e:
+            return str(e)
+        except Expired:
+            conn.retire()  # a stalled node, as ``_call`` sees one: dial afresh later
+            return f"{addr} did not answer within {self._attempt_timeout:g}s"
+        if code == OK:
+            return answer, addr
+        if code == ERR_NOT_LEADER:
+            leader, at = parse_not_leader(answer)
+            return f"{addr} (node {conn.node}) could not read; it names node {leader} at {at}"
+        if code in _REPLICA_FAILURES:
+            return f"{addr} (node {conn.node}): {message(answer)}"
+        raise terminal_error(code, answer, addr)
 
     async def _learn_mode(self, timeout: float | None) -> None:
         """Connect once to learn whether the cluster is sharded; a failure leaves it

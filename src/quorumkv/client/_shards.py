@@ -21,6 +21,13 @@ stamped across a change of leader) is sent again as it is. The first two reroute
 immediate; later ones back off (a split's right half exists on a replica only once it
 applied the split), until the request's deadline.
 
+Reads of a client built with ``read_from`` ``"follower"`` or ``"any"`` are spread over
+the voters of the range's descriptor (``_replicas``): one try at each replica picked,
+then the range's leader through its router as any request. A replica that has not
+applied the split that created the range, or holds no replica of it, is just passed
+over; one that applied a split the cache missed answers ``OutOfRangeError`` as a leader
+would.
+
 Exactly-once. A write takes ONE session lane of the client (``_lanes``) and encodes its
 command once, for that ``(client, seq)``; every try, at every range and node it is routed
 to, sends those same bytes. The state machine looks a command's session up before it
@@ -217,6 +224,7 @@ class Shards:
                 timeout=main._timeout,
                 connect_timeout=main._connect_timeout,
                 attempt_timeout=main._attempt_timeout,
+                read_from=main._read_from,
                 pool=self.pool,
             )
             r.sharded = True
@@ -236,7 +244,15 @@ class Shards:
         answer said the cache was stale (nothing was done); route again."""
         router = self.router(desc)
         try:
-            answer, addr = await router._call(op, body, self.left(att), att.what)
+            if op == OP_RANGE_READ and router._replica_reads is not None:
+                nodes = self.nodes
+                voters = [nodes[v] for v in desc.voters() if v in nodes]
+                leader = router._leader_addr or nodes.get(int(desc.leader))
+                answer, addr = await router._spread(
+                    voters, leader, op, body, self.left(att), att.what
+                )
+            else:
+                answer, addr = await router._call(op, body, self.left(att), att.what)
         except WrongRangeSignal as e:
             att.unknown = att.unknown or e.unknown
             with contextlib.suppress(Exception):  # an unreadable hint: the refresh will do

@@ -36,6 +36,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from quorumkv.client._aio import AsyncClient
 from quorumkv.client._policy import ATTEMPT_TIMEOUT
+from quorumkv.client._replicas import ReadFrom
 from quorumkv.client._requests import Data
 from quorumkv.errors import ClientError
 from quorumkv.kv import (
@@ -105,12 +106,14 @@ class Client:
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        read_from: ReadFrom = "leader",
     ) -> None:
         self._aio = AsyncClient(
             endpoints,
             timeout=timeout,
             connect_timeout=connect_timeout,
             attempt_timeout=attempt_timeout,
+            read_from=read_from,
         )
         self._lock = threading.Lock()
         self._closed = False

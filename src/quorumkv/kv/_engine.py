@@ -215,6 +215,7 @@ class Engine:
         ends = [v[b"end"] for _, _, v in kv]
         maps: list[dict[bytes, Any]] = [{} for _ in kv]
         counts = [0] * len(kv)
+        sizes = [0] * len(kv)
         orphans: list[bytes] = []
         whole = len(kv) == 1 and not starts[0] and not ends[0]
         for k, v in txn.cursor(db=self.dbs.rev).iternext():
@@ -229,13 +230,14 @@ class Engine:
                     orphans.append(bytes(k))
                     continue
             counts[i] += 1
+            sizes[i] += len(k) + len(v)
             append_rev(maps[i], key, rev_from_key(bytes(k), bool(doc[6])))
         self.orphans = len(orphans)
         if orphans:
             log.warning("%s: %d records belong to no range; deleted", self.path, len(orphans))
             for k in orphans:
                 txn.delete(k, db=self.dbs.rev)
-        for (start, gid, values), revs, n in zip(kv, maps, counts, strict=True):
+        for (start, gid, values), revs, n, nbytes in zip(kv, maps, counts, sizes, strict=True):
             self._ranges[gid] = RangeStore(
                 self,
                 gid,
@@ -246,7 +248,7 @@ class Engine:
                 applied=u64(values[b"applied"]),
                 revision=u64(values[b"revision"]),
                 compacted=u64(values[b"compacted"]),
-                index=KeyIndex.from_revs(revs, n),
+                index=KeyIndex.from_revs(revs, n, nbytes),
             )
 
     # -- rounds ----------------------------------------------------------------------

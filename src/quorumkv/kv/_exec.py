@@ -54,7 +54,14 @@ from typing import Any
 
 from quorumkv.kv._codec import pack, unpack
 from quorumkv.kv._errors import CompactedError, FutureRevisionError
-from quorumkv.kv._index import KeyIndex, make_rev, rev_from_key, rev_key, rev_main
+from quorumkv.kv._index import (
+    REV_KEY_BYTES,
+    KeyIndex,
+    make_rev,
+    rev_from_key,
+    rev_key,
+    rev_main,
+)
 from quorumkv.kv._types import (
     CompactionRequest,
     CompactionResponse,
@@ -275,7 +282,7 @@ class Executor:
                 raise AssertionError(f"revision {(main, sub)} is not above every stored one")
         elif not self.txn.put(rev_key(rev), doc, db=self.dbs.rev, overwrite=False):
             raise AssertionError(f"revision {(main, sub)} is stored already: stamped twice")
-        self.index.add(key, rev)
+        self.index.add(key, rev, REV_KEY_BYTES + len(doc))
 
     def put(self, key: bytes, value: bytes, lease: int, stamp: int = 0) -> int:
         """``run(PutRequest(key, value, lease), stamp)`` for a checked plain put (no
@@ -356,8 +363,9 @@ class Executor:
 
     def _compact_key(self, key: bytes, revision: int) -> None:
         for rev in self.index.compact(key, revision):
-            gone = self.txn.delete(rev_key(rev), db=self.dbs.rev)
-            assert gone, f"compaction lost track of {key!r} at {rev_key(rev).hex()}"
+            gone = self.txn.pop(rev_key(rev), db=self.dbs.rev)
+            assert gone is not None, f"compaction lost track of {key!r} at {rev_key(rev).hex()}"
+            self.index.shrink(REV_KEY_BYTES + len(gone))
 
 
 _TARGETS = {

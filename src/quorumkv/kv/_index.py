@@ -14,6 +14,12 @@ one surviving revision maps to that int, a key with more to a list of them in
 ascending order (most keys have one: this halves the memory). ``keys`` keeps the keys
 sorted (``sortedcontainers.SortedList``) for range reads.
 
+The index also counts the bytes of the records its revisions point at (``size_bytes``:
+the 16-byte revision key and the packed record, as the engine stores them), a sharded
+range's size for the placement planner's ``split_bytes``. The engine tells it each
+record's size when it adds (``add``), drops (``shrink``) or loads (``from_revs``) one,
+and a split is told the size of each record it moves (``split_off``).
+
 Changes made while applying a batch are journaled (``begin`` ... ``commit`` or
 ``rollback``), so a batch whose engine transaction aborts leaves the index exactly as
 the engine is. This module owns the in-memory index only: it never touches the engine
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -35,6 +41,8 @@ _SUB_BITS = 32
 _SUB_MASK = (1 << _SUB_BITS) - 1
 _MAIN_SHIFT = _SUB_BITS + 1
 _REV = struct.Struct(">QQ")
+REV_KEY_BYTES = _REV.size
+"""The bytes of a record's engine key (``rev_key``), counted in its size."""
 
 _ADDED = object()  # journal: this key got one revision appended
 
@@ -79,12 +87,14 @@ class KeyIndex:
     """Key -> surviving revisions, for one store. Not thread-safe: the applying thread
     writes; reads run on the same thread."""
 
-    __slots__ = ("_journal", "_keys", "_revisions", "_revs")
+    __slots__ = ("_bytes", "_bytes_at_begin", "_journal", "_keys", "_revisions", "_revs")
 
     def __init__(self) -> None:
         self._revs: dict[bytes, int | list[int]] = {}
         self._keys: Any = SortedList()
         self._revisions = 0
+        self._bytes = 0
+        self._bytes_at_begin = 0
         self._journal: list[tuple[bytes, Any]] | None = None
 
     @classmethod
@@ -98,13 +108,15 @@ class KeyIndex:
         return cls.from_revs(revs, n)
 
     @classmethod
-    def from_revs(cls, revs: dict[bytes, Any], count: int) -> KeyIndex:
+    def from_revs(cls, revs: dict[bytes, Any], count: int, nbytes: int = 0) -> KeyIndex:
         """An index over ``revs``, taken as it is (not copied): key -> its one revision
         as an int, or its revisions as an ascending list, as ``rebuild`` makes them;
-        ``count`` revisions in all. How ``Engine`` builds many indexes in one pass."""
+        ``count`` revisions in all, whose records take ``nbytes``. How ``Engine`` builds
+        many indexes in one pass."""
         idx = cls()
         idx._revs = revs
         idx._revisions = count
+        idx._bytes = nbytes
         idx._keys = SortedList(revs)
         return idx
 
@@ -117,6 +129,10 @@ class KeyIndex:
     def revisions(self) -> int:
         """Surviving revisions of every key: the records the engine holds."""
         return self._revisions
+
+    def size_bytes(self) -> int:
+        """The bytes of those records, as the engine was told them."""
+        return self._bytes
 
     def pick(self, key: bytes, at: int | None) -> int | None:
         """``key``'s newest revision with main at or below ``at`` (None: newest of all),
@@ -177,23 +193,30 @@ class KeyIndex:
         n = len(self._keys)
         return self._keys[n // 2] if n > 1 else None
 
-    def split_off(self, key: bytes) -> KeyIndex:
+    def split_off(self, key: bytes, size: Callable[[int], int] | None = None) -> KeyIndex:
         """Move every key at or above ``key``, with its revisions, to a new index (the
-        right half of a split); O(keys moved). Not while a journal is open."""
+        right half of a split); O(keys moved). ``size(rev)`` is the bytes of a moved
+        revision's record (its half's ``size_bytes``: one call per revision moved; None:
+        counted as 0). Not while a journal is open."""
         assert self._journal is None, "split an index between batches, not inside one"
         i = self._keys.bisect_left(key)
         moved = list(self._keys.islice(i))
         right = KeyIndex()
         n = 0
         revs = self._revs
+        nbytes = 0
         for k in moved:
             v = revs.pop(k)
             right._revs[k] = v
             n += 1 if type(v) is int else len(v)  # type: ignore[arg-type]
+            if size is not None:
+                nbytes += sum(map(size, [v] if type(v) is int else v))  # type: ignore[arg-type]
         del self._keys[i:]
         right._keys = SortedList(moved)
         right._revisions = n
         self._revisions -= n
+        right._bytes = nbytes
+        self._bytes -= nbytes
         return right
 
     def all_revisions(self, key: bytes) -> list[int]:
@@ -207,6 +230,7 @@ class KeyIndex:
     def begin(self) -> None:
         """Start journaling changes (one engine transaction)."""
         self._journal = []
+        self._bytes_at_begin = self._bytes
 
     def commit(self) -> None:
         self._journal = None
@@ -214,14 +238,18 @@ class KeyIndex:
     def rollback(self) -> None:
         """Undo every change since ``begin``."""
         journal, self._journal = self._journal, None
+        if journal is not None:
+            self._bytes = self._bytes_at_begin
         for key, old in reversed(journal or ()):
             if old is _ADDED:
                 self._unadd(key)
             else:
                 self._set(key, old)
 
-    def add(self, key: bytes, rev: int) -> None:
-        """Record ``rev``, above every revision ``key`` has."""
+    def add(self, key: bytes, rev: int, size: int = 0) -> None:
+        """Record ``rev``, above every revision ``key`` has; its record takes ``size``
+        bytes."""
+        self._bytes += size
         revs = self._revs
         old = revs.get(key)
         if self._journal is not None:
@@ -234,6 +262,10 @@ class KeyIndex:
         else:
             old.append(rev)  # type: ignore[union-attr]
         self._revisions += 1
+
+    def shrink(self, size: int) -> None:
+        """A record of ``size`` bytes was deleted (its revision compacted)."""
+        self._bytes -= size
 
     def compact(self, key: bytes, at: int) -> list[int]:
         """Drop ``key``'s revisions that no read at ``at`` or later can see: all with main

@@ -60,7 +60,7 @@ from quorumkv.kv._codec import (
 )
 from quorumkv.kv._errors import KVError, MalformedRequestError, StoreFullError
 from quorumkv.kv._exec import Executor, read_range
-from quorumkv.kv._index import KeyIndex, rev_key
+from quorumkv.kv._index import REV_KEY_BYTES, KeyIndex, rev_key
 from quorumkv.kv._snap import SnapHead, stream
 from quorumkv.kv._types import (
     ALL_KEYS,
@@ -191,6 +191,11 @@ class RangeStore:
     def middle_key(self) -> bytes | None:
         """The key with as many keys below it as above; None with fewer than 2 keys."""
         return self._index.middle_key()
+
+    def size_bytes(self) -> int:
+        """The bytes of this range's records (every surviving revision: its engine key
+        and packed record), kept as they are written, compacted, split and loaded."""
+        return self._index.size_bytes()
 
     def stats(self) -> dict[str, int]:
         """This range's records (``rev``), index revisions and keys, sessions, and the
@@ -461,7 +466,8 @@ class RangeStore:
         applied index becomes ``index``; a new range ``child_id`` takes the rest, with
         the same revisions, this range's sessions (a write retried across the split is
         still answered once) and applied index ``child_applied``. One transaction; no
-        record is copied: only the in-memory index is cut. Raises ``KVError`` (nothing
+        record is copied: only the in-memory index is cut (and the moved records' sizes
+        are read, for the halves' ``size_bytes``). Raises ``KVError`` (nothing
         changed) for a split key not strictly inside ``(start, end)``, a child id the
         engine holds, an ``index`` not above the applied index, or an unstamped range
         (the two halves would number their revisions alike: their records collide)."""
@@ -498,7 +504,14 @@ class RangeStore:
             txn.put(self._key(b"end"), split_key, db=meta)
             txn.put(self._key(b"desc"), desc_left, db=meta)
             txn.put(self._key(b"applied"), _U64.pack(index), db=meta)
-        child._index = self._index.split_off(split_key)
+        with engine.reading() as txn:
+            # The child's size: each record it takes is read (one lookup per revision
+            # moved, as the cut itself is O(keys moved)), not copied.
+            def size(rev: int) -> int:
+                data = txn.get(rev_key(rev), db=dbs.rev)
+                return 0 if data is None else REV_KEY_BYTES + len(data)
+
+            child._index = self._index.split_off(split_key, size)
         self.end, self.desc, self._applied = split_key, desc_left, index
         self._whole = False
         engine.adopt(child)

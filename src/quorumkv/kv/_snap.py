@@ -174,6 +174,7 @@ class _Installer:
         self.head = head
         self.revs: dict[bytes, Any] = {}
         self.count = 0  # revisions in ``revs``
+        self.nbytes = 0  # the bytes of their records
         self.items = 0  # records and sessions, for the end record's count
         self.part = _RECORDS
         self.last = b""  # the last revision key, then the last client id
@@ -209,6 +210,7 @@ class _Installer:
             if not txn.put(k, v, db=db, overwrite=False):
                 raise SnapshotError(f"snapshot record {k.hex()} is another range's revision")
             append_rev(revs, key, rev_from_key(k, bool(doc[6])))
+            self.nbytes += len(k) + len(v)
         self.count += len(pairs)
         self.last = last
 
@@ -257,4 +259,4 @@ def install(
             raise SnapshotError(f"undecodable snapshot chunk: {e!r}") from None
     if not done:
         raise SnapshotError("snapshot ended early (no end record)")
-    return KeyIndex.from_revs(ins.revs, ins.count)
+    return KeyIndex.from_revs(ins.revs, ins.count, ins.nbytes)

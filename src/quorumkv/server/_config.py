@@ -48,6 +48,9 @@ class ServerConfig:
     holding the whole keyspace. Decided once, when the cluster is founded."""
     split_keys: int = 1_000_000
     """Sharded: split a range once it holds this many keys."""
+    split_bytes: int = 64 * 1024 * 1024
+    """Sharded: split a range once its records take this many bytes (the planner's
+    default, ``shard.PlacementConfig.split_bytes``: 64 MiB)."""
     hot_write_ops: float = 2500.0
     """Sharded: split a range whose write rate stays above this many per second."""
     down_after_s: float = 30.0
@@ -102,6 +105,23 @@ def parse_peers(text: str) -> dict[int, str]:
     return peers
 
 
+_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,
+          "g": 1024**3, "gib": 1024**3}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """A size in bytes: ``65536``, ``512KiB``, ``64MiB``, ``1GiB`` (K, M, G: the same
+    powers of 1024; case ignored). ``argparse.ArgumentTypeError`` if it is none."""
+    s = str(text).strip()
+    digits = len(s) - len(s.lstrip("0123456789"))
+    unit = s[digits:].strip().lower()
+    if not digits or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes (such as 65536, 512KiB or 64MiB)"
+        )
+    return int(s[:digits]) * _UNITS[unit]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qkv server",
@@ -127,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         "one Raft group holds every key)",
     )
     p.add_argument("--split-keys", type=int, help="sharded: split ranges at this many keys (1e6)")
+    p.add_argument(
+        "--split-bytes",
+        type=parse_bytes,
+        metavar="SIZE",
+        help="sharded: split ranges whose records take this many bytes, e.g. 65536, 512KiB, "
+        "64MiB (64MiB)",
+    )
     p.add_argument(
         "--hot-write-ops",
         type=float,
@@ -158,6 +185,7 @@ _KEYS = {
     "join": ("join", bool),
     "sharded": ("sharded", bool),
     "split_keys": ("split_keys", int),
+    "split_bytes": ("split_bytes", int),
     "hot_write_ops": ("hot_write_ops", float),
     "down_after": ("down_after_s", float),
     "cluster_token": ("cluster_token", str),
@@ -189,6 +217,11 @@ def _from_file(path: str) -> dict[str, Any]:
             value = ",".join(f"{k}={v}" for k, v in value.items())
         if kind is float and isinstance(value, int):
             value = float(value)
+        if key == "split_bytes" and isinstance(value, str):
+            try:
+                value = parse_bytes(value)
+            except argparse.ArgumentTypeError as e:
+                raise ServerError(f"--config: {raw_key}: {e}") from None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ServerError(f"--config: {raw_key} must be {kind.__name__}, not {value!r}")
         out[key] = value
@@ -232,7 +265,9 @@ def parse_config(argv: list[str] | None) -> ServerConfig:
     kwargs = {name: values[key] for key, (name, _) in _KEYS.items() if key in values}
     kwargs.update(node_id=node_id, data_dir=Path(values["data_dir"]), peers=peers)
     cfg = ServerConfig(**kwargs)
-    for name in ("tick_ms", "election_ticks", "snapshot_entries", "max_pending", "split_keys"):
+    positive = ("tick_ms", "election_ticks", "snapshot_entries", "max_pending", "split_keys",
+                "split_bytes")  # fmt: skip
+    for name in positive:
         if getattr(cfg, name) <= 0:
             raise ServerError(f"--{name.replace('_', '-')} must be positive")
     if cfg.election_ticks <= cfg.heartbeat_ticks:

@@ -161,6 +161,10 @@ class KVMachine:
     def keys(self) -> int:
         return 0 if self._rs is None else self._rs.key_count()
 
+    def size_bytes(self) -> int:
+        """The bytes of the range's records (``RangeStore.size_bytes``)."""
+        return 0 if self._rs is None else self._rs.size_bytes()
+
     def middle_key(self) -> bytes | None:
         """The key with as many keys below it as above: where a split halves the range."""
         return None if self._rs is None else self._rs.middle_key()
@@ -282,6 +286,9 @@ class MetaMachine:
         self.engine.sync()
 
     def keys(self) -> int:
+        return 0
+
+    def size_bytes(self) -> int:
         return 0
 
     def db_bytes(self) -> int:

@@ -13,6 +13,9 @@ attribute               exposed as                                   counts / me
 ``proposals_refused``   ``quorumkv_proposals_refused_total``         backpressure refusals
 ``applied_entries``     ``quorumkv_applied_entries_total``           entries applied
 ``reads``               ``quorumkv_reads_total``                     linearizable reads served
+``reads_by_role``       ``quorumkv_reads_by_role_total{role}``       the same, by the role of the
+                                                                     replica that served them
+                                                                     (``READ_ROLES``)
 ``elections``           ``quorumkv_elections_total``                 campaigns started here
 ``leader_changes``      ``quorumkv_leader_changes_total``            leader changes seen
 ``snapshots_sent``      ``quorumkv_snapshots_sent_total``            snapshots sent to peers
@@ -88,6 +91,11 @@ CLIENT_ERROR_CODES = (
 )
 """Values of the ``code`` label of ``client_errors``."""
 
+READ_ROLES = ("leader", "follower", "learner")
+"""Values of the ``role`` label of ``reads_by_role``: what the replica that answered a
+linearizable read was when it served it (a follower or a learner asked the leader for
+the read index, then waited until it had applied up to it)."""
+
 LATENCY_BUCKETS = (
     0.00005,
     0.0001,
@@ -156,6 +164,12 @@ class Metrics:
             "applied_entries", "Entries applied to the state machine."
         )
         self.reads = self._counter("reads", "Linearizable reads served.")
+        self.reads_by_role = self._labelled(
+            "reads_by_role",
+            "Linearizable reads served, by the role of the replica that served them.",
+            "role",
+            READ_ROLES,
+        )
         self.elections = self._counter("elections", "Campaigns this node started.")
         self.leader_changes = self._counter(
             "leader_changes", "Times this node saw the leader change."

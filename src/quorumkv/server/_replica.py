@@ -47,6 +47,15 @@ connection and installed (one at a time per group) before the core sees the SNAP
 message. Entries the store already holds are skipped by index when they are applied
 again.
 
+A linearizable read (thesis 6.4) waits for a read index from the core: the leader's
+commit index once a heartbeat round confirmed it still leads, or, at a follower or a
+learner, the same index asked of its leader (a forwarded READ_INDEX). Whatever this
+replica's role, the read is served once it has applied up to that index, never before:
+what it then holds includes every write acknowledged before the read arrived, so any
+replica may serve linearizable reads (clients spread them with ``read_from``). A read
+at a replica that knows no leader to ask, or whose read index does not come or is not
+applied within two election timeouts, is answered ERR_UNAVAILABLE, saying which.
+
 Membership changes are coroutines that propose, then wait for the change to apply (and
 for a new node to catch up before promoting it); their addresses travel in the
 change's context, so every node learns them from the log or a snapshot (into the
@@ -130,7 +139,7 @@ from ._codec import EntryCache, encode_message
 from ._config import ServerConfig
 from ._conn import ClientConn, SnapConn, read_spool
 from ._machines import KVMachine, Machine
-from ._metrics import Metrics
+from ._metrics import READ_ROLES, Metrics
 from ._peers import PeerLink, send_snapshot, snap_hello
 
 if TYPE_CHECKING:
@@ -566,11 +575,29 @@ class Replica:
         try:
             self.raw.read_index(ctx)
         except ProposalDropped:
+            # Not leading, and no leader known to ask for a read index (a candidate, or
+            # a follower that lost its leader): nothing this replica holds may answer.
+            error = self.store.reply_error
+            why = (
+                f"node {self.store.node_id} ({self._role_name()} of group {self.group}) "
+                "knows no leader to ask for a read index"
+            )
             for conn, req_id, _ in reads:
-                self.not_leader(conn, req_id)
+                error(conn, req_id, ERR_UNAVAILABLE, why)
             return
         deadline = time.monotonic() + 2 * self.store.cfg.election_timeout_s
         self.read_batches[ctx] = _ReadBatch(reads, deadline)
+
+    def _role_name(self) -> str:
+        """This replica's role as ``reads_by_role`` and the read errors name it."""
+        raft = self.raw.raft
+        if raft.role is Role.LEADER:
+            return "leader"
+        if raft.role is Role.FOLLOWER:
+            if NodeId(self.store.node_id) in raft.trk.conf.learners:
+                return "learner"
+            return "follower"
+        return str(raft.role.value).replace("-", "_")
 
     def has_ready(self) -> bool:
         """Whether a Ready is to be handled now. None is while a snapshot installs: no
@@ -725,12 +752,22 @@ class Replica:
         self.store.flush_clients()
 
     def _serve_reads(self) -> None:
+        """Serve the reads whose read index is applied here, in order. A follower's read
+        index came from the leader (thesis 6.4: forwarded ReadIndex): its state at or
+        past that index holds every write acknowledged before the read was received."""
         applied = self.sm.applied_index()
+        if not self.ready_reads or self.ready_reads[0].index > applied:
+            return
+        served = 0
         while self.ready_reads and self.ready_reads[0].index <= applied:
             batch = self.ready_reads.popleft()
             for conn, req_id, req in batch.reads:
                 self._serve(conn, req_id, req)
-            self.store.metrics.reads.inc(len(batch.reads))
+            served += len(batch.reads)
+        metrics = self.store.metrics
+        metrics.reads.inc(served)
+        role = self._role_name()
+        metrics.reads_by_role["follower" if role not in READ_ROLES else role].inc(served)
 
     def _role_changed(self, rd: Ready) -> None:
         assert rd.soft_state is not None
@@ -780,20 +817,31 @@ class Replica:
             return
         self.raw.tick()
         error = self.store.reply_error
+        timeout = 2 * self.store.cfg.election_timeout_s
         if self.read_batches:
             for ctx, b in list(self.read_batches.items()):
                 if b.deadline < now:
                     del self.read_batches[ctx]
+                    why = (
+                        f"node {self.store.node_id} ({self._role_name()} of group "
+                        f"{self.group}) got no read index within {timeout:g}s; retry"
+                    )
                     for conn, req_id, _ in b.reads:
-                        error(conn, req_id, ERR_UNAVAILABLE, "read index lost; retry")
+                        error(conn, req_id, ERR_UNAVAILABLE, why)
         if self.ready_reads and self.ready_reads[0].deadline < now:
             # Reads with a read index that this node has not applied yet (cut off from
             # the leader since): answered unavailable instead of kept forever.
             keep: deque[_ReadBatch] = deque()
+            applied = self.sm.applied_index()
             for b in self.ready_reads:
                 if b.deadline < now:
+                    why = (
+                        f"node {self.store.node_id} ({self._role_name()} of group "
+                        f"{self.group}) applied {applied}, short of the read index {b.index}, "
+                        f"within {timeout:g}s; retry"
+                    )
                     for conn, req_id, _ in b.reads:
-                        error(conn, req_id, ERR_UNAVAILABLE, "not caught up in time; retry")
+                        error(conn, req_id, ERR_UNAVAILABLE, why)
                 else:
                     keep.append(b)
             self.ready_reads = keep
@@ -1186,6 +1234,7 @@ class Replica:
             "applied": self.sm.applied_index(),
             "revision": self.sm.revision(),
             "keys": self.sm.keys(),
+            "bytes": self.sm.size_bytes(),
             "voters": sorted(int(v) for v in r.trk.conf.voters),
             "learners": sorted(int(v) for v in r.trk.conf.learners),
             "quiet": self.quiet,

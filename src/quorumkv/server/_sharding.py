@@ -785,13 +785,14 @@ class Shards:
                 and prev[1].pending == pending
                 and prev[1].write_ops == round(rate, 1)
             ):
-                st = prev[1]  # nothing applied since: keys and middle key as they were
+                st = prev[1]  # nothing applied since: size, keys and middle key as they were
             else:
                 keys = r.sm.keys()
                 st = RangeStats(
                     desc.range_id,
                     epoch,
                     NodeId(node.node_id),
+                    size_bytes=r.sm.size_bytes(),
                     keys=keys,
                     write_ops=round(rate, 1),
                     middle_key=r.sm.middle_key() if keys > 1 else None,
@@ -830,6 +831,7 @@ class Shards:
         cfg = PlacementConfig(
             replication_factor=factor,
             split_keys=node.cfg.split_keys,
+            split_bytes=node.cfg.split_bytes,
             hot_write_ops=node.cfg.hot_write_ops,
             down_after=node.cfg.down_after_s,
         )
