@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Mapping
 
@@ -11,6 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from quorumkv.server._main import GC_THRESHOLD, _collector
 from quorumkv.server._metrics import (
     BATCH_BUCKETS,
     CLIENT_ERROR_CODES,
@@ -41,6 +43,7 @@ HISTOGRAMS = {
     "commit_seconds": "quorumkv_commit_seconds",
     "ready_seconds": "quorumkv_ready_seconds",
     "batch_entries": "quorumkv_apply_batch_entries",
+    "gc_seconds": "quorumkv_gc_seconds",
 }
 
 
@@ -248,3 +251,17 @@ def test_nodes_in_one_process_do_not_share_metrics() -> None:
     assert value(first, "quorumkv_term") == 1
     assert value(second, "quorumkv_term") == 2
     assert REGISTRY.get_sample_value("quorumkv_elections_total") is None
+
+
+def test_a_running_node_times_every_collector_pass_and_restores_the_collector() -> None:
+    metrics = Metrics(no_gauges)
+    before = (gc.get_threshold(), len(gc.callbacks), gc.get_freeze_count())
+    with _collector(metrics):
+        assert gc.get_threshold() == GC_THRESHOLD
+        assert gc.get_freeze_count() > 0  # what was loaded is out of the collector's sight
+        gc.collect()
+        gc.collect(0)
+    assert (gc.get_threshold(), len(gc.callbacks), gc.get_freeze_count()) == before
+    families = scrape(metrics)
+    assert value(families, "quorumkv_gc_seconds_count") >= 2
+    assert value(families, "quorumkv_gc_seconds_sum") > 0

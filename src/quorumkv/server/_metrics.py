@@ -36,6 +36,8 @@ attribute               exposed as                                   counts / me
                                                                      oldest write a batch)
 ``ready_seconds``       ``quorumkv_ready_seconds``                   one full Ready cycle
 ``batch_entries``       ``quorumkv_apply_batch_entries``             entries per apply batch
+``gc_seconds``          ``quorumkv_gc_seconds``                      one pass of Python's cyclic
+                                                                     garbage collector
 ======================  ===========================================  ==================
 
 The labelled counters are read-only mappings from label value to a pre-bound child
@@ -214,6 +216,9 @@ class Metrics:
         )
         self.batch_entries = self._histogram(
             "apply_batch_entries", "Entries per apply batch.", BATCH_BUCKETS
+        )
+        self.gc_seconds = self._histogram(
+            "gc_seconds", "Duration of one pass of the cyclic garbage collector.", LATENCY_BUCKETS
         )
 
     def render(self) -> tuple[bytes, str]:

@@ -213,7 +213,7 @@ class WAL:
             self._pending_snap[group] = meta.index
             body: Any = codec.encode_meta(meta)
         elif kind == ENTRIES:
-            body = [codec.encode_entry(e) for e in value]
+            body = [[e.term, e.index, e.type.value, e.data] for e in value]  # encode_entry
         else:
             if kind == RESET:
                 self._pending_snap[group] = 0
