@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from quorumkv.client import AsyncClient
-from quorumkv.errors import ClientError, CompactedError, CrossRangeError
+from quorumkv.errors import ClientError, CompactedError, CrossRangeError, FutureRevisionError
 from quorumkv.kv import ALL_KEYS, PutRequest, SortOrder, SortTarget
 
 
@@ -82,6 +82,70 @@ def test_the_client_routes_through_splits_and_across_ranges(sharded: Any) -> Non
     # Every node holds every range; leaders spread over the nodes in time.
     st = cl.status()
     assert st["sharded"] is True and len(st["ranges"]) == 4
+
+
+def test_reads_pinned_at_a_revision_see_every_range_as_of_that_revision(sharded: Any) -> None:
+    """etcd's one revision sequence across ranges: a read at revision R answers from
+    every range, including one whose last write is older than R (it holds its state as
+    of R), and a revision not yet handed out is refused as in the future."""
+    _, cl = sharded
+    cl.split(_key(100))
+    quiet = cl.put(_key(1), b"old").revision  # the left range's last write
+    for i in range(5):
+        cl.put(_key(150), b"v%d" % i)
+    busy = cl.put(_key(151), b"x").revision  # the right range moved on
+    assert busy > quiet + 5
+    assert cl.get(_key(1), revision=busy).value == b"old"  # left: its own revision < busy
+    assert cl.get(_key(1), revision=busy - 1).mod_revision == quiet
+    snapshot = cl.range(b"k", prefix=True, revision=busy - 1)  # across both ranges
+    assert [(kv.key, kv.value) for kv in snapshot.kvs] == [(_key(1), b"old"), (_key(150), b"v4")]
+    later = cl.put(_key(1), b"new").revision
+    assert cl.get(_key(1), revision=busy).value == b"old"  # still as of busy
+    assert cl.get(_key(1), revision=later).value == b"new"
+    with pytest.raises(FutureRevisionError):
+        cl.get(_key(1), revision=later + 1000)
+    with pytest.raises(FutureRevisionError):
+        cl.get(_key(150), revision=later + 1000)
+
+
+def test_pinned_reads_under_concurrent_writes_miss_no_acknowledged_write(
+    make_cluster: Any,
+) -> None:
+    """Writers keep both ranges busy while a reader reads the left key at the newest
+    revision any write was acknowledged with. Each answer must be the key as of that
+    revision: its newest write at or below it, judged once every write is done, so a
+    write stamped below the revision but still in flight when the read came counts too
+    (the leader waits out stamp batches still out, whatever the interleaving)."""
+    cluster = make_cluster(3, extra_args=["--sharded"], tick_ms=20)
+    acked: dict[bytes, list[int]] = {_key(1): [], _key(150): []}
+    newest = [0]
+
+    async def main() -> None:
+        async with AsyncClient(cluster.endpoints, timeout=30) as kv:
+            await kv.split(_key(100))
+
+            async def writer(key: bytes, n: int) -> None:
+                for i in range(n):
+                    rev = (await kv.put(key, b"%d" % i)).revision
+                    acked[key].append(rev)
+                    newest[0] = max(newest[0], rev)
+
+            async def reader() -> None:
+                while len(acked[_key(1)]) < 150:
+                    at = newest[0]
+                    if at:
+                        got = await kv.get(_key(1), revision=at)
+                        reads.append((at, 0 if got is None else got.mod_revision))
+                    await asyncio.sleep(0)
+
+            tasks = [writer(_key(1), 150), writer(_key(150), 300), writer(_key(150), 300)]
+            await asyncio.gather(*tasks, reader())
+
+    reads: list[tuple[int, int]] = []
+    asyncio.run(main())
+    assert len(reads) > 20
+    for at, seen in reads:
+        assert seen == max([r for r in acked[_key(1)] if r <= at], default=0), (at, seen)
 
 
 def test_splits_in_quick_succession_all_succeed(sharded: Any) -> None:

@@ -179,3 +179,85 @@ def test_a_read_at_a_follower_with_no_leader_says_so(tmp_path: Path) -> None:
         await node.stop()
 
     asyncio.run(body())
+
+
+class _PinnedHost:
+    """Just what a stamped range's leader needs to hold pinned reads (``Replica._pin``):
+    allocator answers the test gives, a log whose last index it moves, an applied
+    index and revision it sets."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.allocs: list[asyncio.Future[int]] = []
+        self.errors: list[tuple[Any, int, Any]] = []
+        self.scheduled = 0
+        self.loop = loop
+        self.shards = self
+        self.cfg = ServerConfig(node_id=1, data_dir=Path("unused"), listen=PEERS[1], peers=PEERS)
+
+    def allocate_revisions(self, count: int) -> asyncio.Future[int]:
+        assert count == 0
+        fut: asyncio.Future[int] = self.loop.create_future()
+        self.allocs.append(fut)
+        return fut
+
+    def schedule(self, _replica: Any) -> None:
+        self.scheduled += 1
+
+    def reply_error(self, conn: Any, req_id: Any, code: int, body: Any) -> None:
+        self.errors.append((req_id, code, body))
+
+
+def test_a_read_pinned_above_its_range_waits_for_the_stamp_batch_out_when_it_came() -> None:
+    # A read at revision R above a stamped range's own: a write batch that asked for its
+    # stamps before the read came may get stamps below R, so the read waits until that
+    # batch is proposed and applied, not just for the allocator's answer.
+    from types import SimpleNamespace
+
+    from quorumkv.consensus import Role
+    from quorumkv.server._replica import Replica
+
+    async def body() -> None:
+        host = _PinnedHost(asyncio.get_running_loop())
+        log = SimpleNamespace(last=10)
+        sm = SimpleNamespace(applied=10, rev=5)
+        r = Replica.__new__(Replica)
+        r.store = host  # type: ignore[assignment]
+        r.raw = SimpleNamespace(  # type: ignore[assignment]
+            raft=SimpleNamespace(role=Role.LEADER, log=SimpleNamespace(last_index=lambda: log.last))
+        )
+        r.sm = SimpleNamespace(  # type: ignore[assignment]
+            applied_index=lambda: sm.applied, revision=lambda: sm.rev
+        )
+        r.stamped, r.stamping, r.pinned, r.read_queue = True, 3, [], []
+        proposed: list[Any] = []
+
+        def propose(writes: list[Any]) -> None:
+            proposed.extend(writes)
+            log.last += len(writes)
+
+        r._propose = propose  # type: ignore[method-assign]
+        conn = _Conn()
+        r._pin(conn, 7, RangeRequest(b"k", revision=20))  # type: ignore[arg-type]
+        (alloc,) = host.allocs
+        alloc.set_result(21)  # R=20 was handed out
+        await asyncio.sleep(0)
+        assert r.pinned and not r.read_queue  # the batch of 3 is still out
+        stamps: asyncio.Future[int] = host.loop.create_future()
+        stamps.set_result(18)  # the batch got 18, 19, 20: at or below R
+        r._stamped([(b"w", conn, i) for i in range(3)], stamps)  # type: ignore[misc]
+        assert len(proposed) == 3 and r.pinned and not r.read_queue  # proposed, not applied
+        sm.applied = 12
+        r._release_pinned()
+        assert r.pinned and not r.read_queue
+        sm.applied = 13
+        r._release_pinned()
+        assert not r.pinned and [q[1] for q in r.read_queue] == [7]  # now the read index
+        # A revision not handed out yet is refused as in the future.
+        r._pin(conn, 8, RangeRequest(b"k", revision=40))  # type: ignore[arg-type]
+        host.allocs[-1].set_result(21)
+        await asyncio.sleep(0)
+        (answer,) = conn.out
+        assert answer[:2] == (8, OK) and "future revision" in str(decode_result(answer[2]))
+        assert host.errors == []
+
+    asyncio.run(body())

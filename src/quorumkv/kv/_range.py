@@ -519,16 +519,18 @@ class RangeStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def range(self, req: RangeRequest) -> RangeResponse:
+    def range(self, req: RangeRequest, settled_through: int = 0) -> RangeResponse:
         """Serve a read from the last applied state (linearizable when the caller waited
         for a ReadIndex first). Raises ``CompactedError``, ``FutureRevisionError`` or
-        ``OutOfRangeError``."""
+        ``OutOfRangeError``. ``settled_through``: the caller knows that no write stamped
+        at or below it can still come to this range, so reads up to it are served (the
+        range as it is, at that revision) though the range's own revision is lower."""
         self._check_live()
         if not self._whole:
             bad = outside(req, self.start, self.end)
             if bad is not None:
                 raise OutOfRangeError(self.range_id, bad, self.start, self.end)
-        current = self._revision
+        current = max(self._revision, settled_through)
         engine = self.engine
         with engine.reading() as txn:
             return read_range(txn, engine.dbs, self._index, req, current, self._compacted, current)

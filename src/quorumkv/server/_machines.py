@@ -136,8 +136,8 @@ class KVMachine:
     ) -> list[Any]:
         return self.rs.apply(entries, encoded=True, before_commit=before_commit)
 
-    def read(self, req: RangeRequest) -> RangeResponse:
-        return self.rs.range(req)
+    def read(self, req: RangeRequest, settled_through: int = 0) -> RangeResponse:
+        return self.rs.range(req, settled_through)
 
     def snapshot(self) -> Iterator[bytes]:
         return self.rs.snapshot()

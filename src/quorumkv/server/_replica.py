@@ -112,7 +112,7 @@ from quorumkv.consensus import (
     Role,
     decode_conf_change,
 )
-from quorumkv.errors import KVError, ServerError
+from quorumkv.errors import FutureRevisionError, KVError, ServerError
 from quorumkv.kv import (
     ADMIN_PREFIX,
     LIMITS,
@@ -216,6 +216,24 @@ class _ReadBatch:
     index: int = -1
 
 
+@dataclass(slots=True)
+class _Pinned:
+    """A linearizable read at a revision above its stamped range's own, held by the
+    range's leader until no write stamped at or below that revision can still come
+    (``_pin``)."""
+
+    conn: ClientConn
+    req_id: Any
+    req: RangeRequest
+    deadline: float
+    fence: int | None
+    """The log index whose application settles every stamped write proposed before the
+    read came; None while a batch of writes waits for its stamps."""
+    first: int | None = None
+    """The allocator's next revision, asked after the read came."""
+    error: str | None = None
+
+
 @dataclass
 class _Waiter:
     """Someone waiting for the entry proposed at ``index`` in ``term`` to be applied;
@@ -278,6 +296,8 @@ class Replica:
         """Entries applied with data, since the start (a sharded range's write rate)."""
         self.waiting: dict[int, _Write] = {}
         self.read_queue: list[tuple[ClientConn, Any, RangeRequest]] = []
+        self.pinned: list[_Pinned] = []
+        """Reads at a revision above the range's, waiting for their fence (``_pin``)."""
         self.read_batches: dict[bytes, _ReadBatch] = {}
         self.ready_reads: deque[_ReadBatch] = deque()
         self.apply_waiters: list[_Waiter] = []
@@ -488,14 +508,88 @@ class Replica:
         if serializable:
             self._serve(conn, req_id, req)
             return
+        if self.stamped and req.revision > self.sm.revision():
+            self._pin(conn, req_id, req)
+            return
         self.read_queue.append((conn, req_id, req))
         self.store.schedule(self)
 
-    def _serve(self, conn: ClientConn, req_id: Any, req: RangeRequest) -> None:
+    def _serve(
+        self, conn: ClientConn, req_id: Any, req: RangeRequest, settled: bool = False
+    ) -> None:
+        """Answer ``req`` from the applied state. ``settled``: a linearizable read whose
+        wait is over; a revision above the range's own then reads the range as it is
+        (a pinned read, released by ``_release_pinned``)."""
+        sm = self.sm
+        assert isinstance(sm, KVMachine)
         try:
-            conn.reply(req_id, OK, encode_result(self.sm.read(req)))  # type: ignore[union-attr]
+            through = req.revision if settled and self.stamped else 0
+            conn.reply(req_id, OK, encode_result(sm.read(req, through)))
         except KVError as e:
             conn.reply(req_id, OK, encode_result(e))
+
+    # -- reads pinned above the range's revision -------------------------------------------
+
+    def _pin(self, conn: ClientConn, req_id: Any, req: RangeRequest) -> None:
+        """A linearizable read at revision ``R`` above this stamped range's revision. The
+        range holds every write stamped up to ``R`` once (a) every stamped write this
+        leader proposed before the read came is applied: one whose stamp batch is still
+        out is waited for, then the log index after it; writes stamped later get stamps
+        above ``R``, which was handed out before the read was sent (allocations are meta
+        log entries, in order); a former leader's writes are in the log the read index
+        covers, or never commit; and (b) ``R`` was handed out at all: the allocator's next
+        revision, asked now, is above it (else ``FutureRevisionError``, as etcd says of a
+        revision not reached). Then the read takes the usual read index and reads the
+        range at ``R``. Only the leader knows which stamps are out: elsewhere, not-leader."""
+        shards = self.store.shards
+        if self.raw.raft.role is not Role.LEADER or shards is None:
+            self.not_leader(conn, req_id)
+            return
+        fence = None if self.stamping else int(self.raw.raft.log.last_index())
+        deadline = time.monotonic() + 2 * self.store.cfg.election_timeout_s
+        p = _Pinned(conn, req_id, req, deadline, fence)
+        self.pinned.append(p)
+        fut = shards.allocate_revisions(0)
+        fut.add_done_callback(lambda f: self._allocated(p, f))
+
+    def _allocated(self, p: _Pinned, f: asyncio.Future[int]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            p.error = "cancelled" if f.cancelled() else str(f.exception())
+        else:
+            p.first = f.result()
+        self._release_pinned()
+
+    def _release_pinned(self) -> None:
+        """Answer or queue every pinned read whose fence is applied and whose allocator
+        answer came."""
+        if not self.pinned:
+            return
+        applied = self.sm.applied_index()
+        keep: list[_Pinned] = []
+        queued = False
+        for p in self.pinned:
+            if p.error is not None:
+                why = f"range {self.group}: no revision from the allocator: {p.error}"
+                self.store.reply_error(p.conn, p.req_id, ERR_UNAVAILABLE, why)
+            elif p.first is None or p.fence is None or p.fence > applied:
+                keep.append(p)
+            elif p.req.revision >= p.first:
+                err = FutureRevisionError(p.req.revision, p.first - 1)
+                p.conn.reply(p.req_id, OK, encode_result(err))
+            else:
+                self.read_queue.append((p.conn, p.req_id, p.req))
+                queued = True
+        self.pinned = keep
+        if queued:
+            self.store.schedule(self)
+
+    def _fail_pinned(self, code: int, why: str) -> None:
+        pinned, self.pinned = self.pinned, []
+        for p in pinned:
+            if code == ERR_NOT_LEADER:
+                self.not_leader(p.conn, p.req_id)
+            else:
+                self.store.reply_error(p.conn, p.req_id, code, why)
 
     # -- the Ready cycle, phase by phase (the store runs each for every replica) ---------
 
@@ -534,6 +628,19 @@ class Replica:
 
     def _stamped(self, writes: list[tuple[bytes, ClientConn, Any]], f: asyncio.Future[int]) -> None:
         self.stamping = 0
+        try:
+            self._stamped_batch(writes, f)
+        finally:
+            if self.pinned:
+                last = int(self.raw.raft.log.last_index())
+                for p in self.pinned:
+                    if p.fence is None:
+                        p.fence = last  # the batch the read waited for is proposed
+                self._release_pinned()
+
+    def _stamped_batch(
+        self, writes: list[tuple[bytes, ClientConn, Any]], f: asyncio.Future[int]
+    ) -> None:
         store = self.store
         if f.cancelled() or f.exception() is not None:
             why = "cancelled" if f.cancelled() else str(f.exception())
@@ -659,6 +766,8 @@ class Replica:
                 self.ready_reads.append(batch)
         if self.ready_reads:
             self._serve_reads()
+        if self.pinned:
+            self._release_pinned()
         self.raw.advance(rd)
 
     def _send(self, m: Message, cache: EntryCache) -> None:
@@ -762,7 +871,7 @@ class Replica:
         while self.ready_reads and self.ready_reads[0].index <= applied:
             batch = self.ready_reads.popleft()
             for conn, req_id, req in batch.reads:
-                self._serve(conn, req_id, req)
+                self._serve(conn, req_id, req, settled=True)
             served += len(batch.reads)
         metrics = self.store.metrics
         metrics.reads.inc(served)
@@ -780,6 +889,8 @@ class Replica:
                      self.store.node_id, lead or "unknown", self.raw.raft.term)  # fmt: skip
         if role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             metrics.elections.inc()
+        if role is not Role.LEADER and self.pinned:
+            self._fail_pinned(ERR_NOT_LEADER, "")
         if role is not Role.LEADER and self.waiting:
             # Our entries may still commit under the next leader: the outcome is
             # unknown. The clients retry with the same session, which the state
@@ -807,6 +918,7 @@ class Replica:
                 error(conn, req_id, ERR_UNAVAILABLE, why)
         self.read_batches.clear()
         self.ready_reads.clear()
+        self._fail_pinned(ERR_UNAVAILABLE, why)
 
     # -- ticks and timeouts ----------------------------------------------------------
 
@@ -845,6 +957,15 @@ class Replica:
                 else:
                     keep.append(b)
             self.ready_reads = keep
+        if self.pinned and any(p.deadline < now for p in self.pinned):
+            late = [p for p in self.pinned if p.deadline < now]
+            self.pinned = [p for p in self.pinned if p.deadline >= now]
+            for p in late:
+                why = (
+                    f"range {self.group}: the writes stamped before a read at revision "
+                    f"{p.req.revision} did not settle within {timeout:g}s; retry"
+                )
+                error(p.conn, p.req_id, ERR_UNAVAILABLE, why)
         if self.waiting:
             limit = now - self.store.cfg.request_timeout_s
             for index in [i for i, w in self.waiting.items() if w.t0 < limit]:
@@ -867,6 +988,7 @@ class Replica:
             or self.writes
             or self.admin
             or self.stamping
+            or self.pinned
             or self.read_queue
             or self.read_batches
             or self.ready_reads
