@@ -261,3 +261,62 @@ def test_a_read_pinned_above_its_range_waits_for_the_stamp_batch_out_when_it_cam
         assert host.errors == []
 
     asyncio.run(body())
+
+
+def _lead(node: Node) -> Any:
+    """Make the in-process node 1 the leader of term 2 (votes handed in from node 2)."""
+    replica = node.replicas[GROUP]
+    replica.raw.campaign()
+    node.peer_messages(2, [_msg(MessageType.PRE_VOTE_RESP, 2)], 0)
+    node.peer_messages(2, [_msg(MessageType.VOTE_RESP, 2)], 0)
+    return replica
+
+
+def test_a_woken_leader_counts_only_members_heard_after_waking(tmp_path: Path) -> None:
+    # Check-quorum's activity flags from before a quiet spell must not keep a leader
+    # that lost its followers meanwhile: waking clears them, but for the leader itself.
+    async def body() -> None:
+        node = _node(tmp_path)
+        replica = _lead(node)
+        r = replica.raw.raft
+        await _until("leadership", lambda: r.log.last_index() == 2)
+        for pr in r.trk.progress.values():
+            pr.recent_active = True
+        replica.quiet = True
+        replica.wake()
+        assert not replica.quiet and r.election_elapsed == 0
+        active = {int(n): pr.recent_active for n, pr in r.trk.progress.items()}
+        assert active == {1: True, 2: False, 3: False}
+        await node.stop()
+
+    asyncio.run(body())
+
+
+def test_a_late_ack_does_not_wake_a_quiet_leader_but_other_messages_do(tmp_path: Path) -> None:
+    # The answers to a leader's last heartbeat before it went quiet arrive after it did;
+    # they ask nothing of it and must not wake it (each wake costs a round of heartbeats
+    # and an election timeout of ticking). A message of a newer term, or any other type,
+    # wakes it.
+    async def body() -> None:
+        node = _node(tmp_path)
+        replica = _lead(node)
+        r = replica.raw.raft
+        await _until("leadership", lambda: r.log.last_index() == 2)
+        node.peer_messages(2, [_msg(MessageType.APP_RESP, 2, index=Index(2))], 0)
+        await _until("the no-op applied", lambda: replica.sm.applied_index() == 2)
+        replica.quiet = True
+        node.peer_messages(2, [_msg(MessageType.HEARTBEAT_RESP, 2)], 0)
+        node.peer_messages(3, [_msg3(MessageType.APP_RESP, 2, index=Index(2))], 0)
+        assert replica.quiet
+        node.peer_messages(2, [_msg(MessageType.HEARTBEAT_RESP, 3)], 0)  # a newer term
+        assert not replica.quiet
+        replica.quiet = True
+        node.peer_messages(3, [_msg3(MessageType.READ_INDEX, 2, context=b"c")], 0)
+        assert not replica.quiet
+        await node.stop()
+
+    asyncio.run(body())
+
+
+def _msg3(t: MessageType, term: int, **kw: Any) -> list[Any]:
+    return encode_message(Message(t, GroupId(1), NodeId(3), NodeId(1), term=Term(term), **kw))
