@@ -76,7 +76,9 @@ class Request:
     value: str | None
     expected: str | None
     group: int = 1
-    """The Raft group (range) the client routed this attempt to."""
+    """The Raft group (range) the client routed this attempt to,"""
+    version: int = 0
+    """and the split version of that range in the client's view."""
 
 
 @dataclass
@@ -197,6 +199,10 @@ class SimBase:
     def _became_leader(self, node: SimHost, rep: SimReplica) -> None:
         pass
 
+    def _drops(self, rep: SimReplica, m: Message) -> bool:
+        """Whether the host drops ``m`` before its replica sees it."""
+        return False
+
     def _events(self) -> dict[str, int]:
         return {}
 
@@ -278,6 +284,8 @@ class SimBase:
                 self._report_snapshot(m.frm, m.to, m.group, False)
             return
         if self._defer_if_paused(node, self._deliver, m):
+            return
+        if self._drops(rep, m):
             return
         if self.tracing:
             self.log(f"recv {describe_message(m)}")
