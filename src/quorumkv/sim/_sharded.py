@@ -253,6 +253,7 @@ class ShardedCluster(SimBase):
                 "wrong_range",
                 "pending_replicas",
                 "deleted_replicas",
+                "crashes",
             ),
             0,
         )
@@ -313,6 +314,7 @@ class ShardedCluster(SimBase):
 
     def _crash(self, node: SimHost) -> None:
         if node.alive:
+            self.counts["crashes"] += 1
             self._crash_host(node)
 
     def _restart(self, nid: int) -> None:
