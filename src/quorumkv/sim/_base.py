@@ -76,9 +76,7 @@ class Request:
     value: str | None
     expected: str | None
     group: int = 1
-    """The Raft group (range) the client routed this attempt to,"""
-    version: int = 0
-    """and the split version of that range in the client's view."""
+    """The Raft group (range) the client routed this attempt to."""
 
 
 @dataclass

@@ -58,7 +58,7 @@ holds the range with the directory's bounds, version and configuration, caught u
 its leader and with the same applied state, no key outside its bounds, and no node
 still hosts a range the directory does not list on it.
 
-A longer sweep than the tests run::
+A seed costs about 0.5 to 2 s of one core. A longer sweep than the tests run::
 
     qkv sim --sharded --seeds 2000 --workers 2
 
@@ -345,7 +345,7 @@ class ShardedCluster(SimBase):
             self._refresh(c)
             desc = c.cache.lookup(key)
             assert desc is not None, "the directory covers every key"
-        req.group, req.version = desc.range_id, desc.epoch.version
+        req.group = desc.range_id
         c.last_group = desc.range_id
         if req.kind is OpKind.GET and c.attempt == 1 and self.rng.random() < 0.5:
             return self.rng.choice(desc.nodes())  # followers serve reads by ReadIndex
