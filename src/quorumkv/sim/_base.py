@@ -42,12 +42,14 @@ from typing import Any
 
 from quorumkv.consensus import (
     NONE,
+    Config,
     Entry,
     GroupId,
     Message,
     MessageType,
     NodeId,
     RawNode,
+    ReadOnlyOption,
     Ready,
     Role,
     Snapshot,
@@ -262,6 +264,23 @@ class SimBase:
         )
 
     # -- a replica's Ready cycle -----------------------------------------------------
+
+    def _raft_config(self, nid: int, group: int) -> Config:
+        """A replica's core configuration; the seed picks its flow control."""
+        cfg = self.cfg
+        return Config(
+            id=NodeId(nid),
+            group=GroupId(group),
+            election_tick=cfg.election_tick,
+            heartbeat_tick=cfg.heartbeat_tick,
+            max_inflight_msgs=self.rng.choice((2, 16, 256)),
+            max_size_per_msg=cfg.max_size_per_msg or self.rng.choice((1, 200, 4096, 1 << 20)),
+            read_only=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
+        )
+
+    @staticmethod
+    def _live(node: SimHost, incarnation: int) -> bool:
+        return node.alive and node.incarnation == incarnation
 
     def _current(self, node: SimHost, rep: SimReplica) -> bool:
         """``rep`` is still what its live host holds for its group."""

@@ -47,7 +47,6 @@ from quorumkv.consensus import (
     NodeId,
     RaftState,
     RawNode,
-    ReadOnlyOption,
     Role,
     bootstrap_state,
 )
@@ -198,23 +197,12 @@ class Cluster(SimBase):
     # -- nodes -----------------------------------------------------------------------
 
     def _make_node(self, nid: int, disk: StorageDisk) -> SimNode:
-        cfg = self.cfg
-        rcfg = Config(
-            id=NodeId(nid),
-            election_tick=cfg.election_tick,
-            heartbeat_tick=cfg.heartbeat_tick,
-            max_inflight_msgs=self.rng.choice((2, 16, 256)),
-            max_size_per_msg=cfg.max_size_per_msg or self.rng.choice((1, 200, 4096, 1 << 20)),
-            read_only=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
-        )
+        rcfg = self._raft_config(nid, GROUP)
         state = disk.load()
         raw = RawNode(rcfg, state, random.Random(self.rng.getrandbits(64)))
         snap = state.snapshot
         sm = KVStateMachine.restore(snap.data, snap.meta.index) if snap else KVStateMachine()
         return SimNode(id=nid, cfg=rcfg, disk=disk, raw=raw, sm=sm, group=GROUP)
-
-    def _live(self, node: SimNode, incarnation: int) -> bool:
-        return node.alive and node.incarnation == incarnation
 
     def _tick(self, nid: int, incarnation: int) -> None:
         node = self.nodes[nid]

@@ -79,7 +79,6 @@ from quorumkv.consensus import (
     Change,
     ChangeType,
     ConfChange,
-    Config,
     Entry,
     EntryType,
     GroupId,
@@ -90,7 +89,6 @@ from quorumkv.consensus import (
     NodeId,
     RaftState,
     RawNode,
-    ReadOnlyOption,
     Role,
     Snapshot,
     Term,
@@ -407,23 +405,11 @@ class ShardedCluster(SimBase):
         return node
 
     def _make_replica(self, nid: int, group: GroupId, state: RaftState) -> ShardReplica:
-        cfg = self.cfg
-        rcfg = Config(
-            id=NodeId(nid),
-            group=group,
-            election_tick=cfg.election_tick,
-            heartbeat_tick=cfg.heartbeat_tick,
-            max_inflight_msgs=self.rng.choice((2, 16, 256)),
-            max_size_per_msg=cfg.max_size_per_msg or self.rng.choice((1, 200, 4096, 1 << 20)),
-            read_only=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
-        )
+        rcfg = self._raft_config(nid, group)
         raw = RawNode(rcfg, state, random.Random(self.rng.getrandbits(64)))
         snap = state.snapshot
         sm = RangeKV.restore(snap.data, snap.meta.index) if snap else RangeKV()
         return ShardReplica(group=group, raw=raw, sm=sm)
-
-    def _live(self, node: ShardNode, incarnation: int) -> bool:
-        return node.alive and node.incarnation == incarnation
 
     def _tick(self, nid: int, incarnation: int) -> None:
         node = self.nodes[nid]
