@@ -60,3 +60,23 @@ def test_replay_command_parses_back_to_the_same_overrides() -> None:
 def test_unknown_fault_kind_is_a_clear_error() -> None:
     with pytest.raises(SystemExit, match="unknown fault kinds"):
         main(["sim", "--seeds", "1", "--faults", "crash,meteor"])
+
+
+def test_sharded_sim_prints_the_range_operations(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sim", "--sharded", "--seeds", "1", "--first-seed", "20", "--quiet", "--workers", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"seeds: 1, steps: \d+, faults: \d+, violations: 0", out[-1])
+    assert re.fullmatch(
+        r"splits: [1-9]\d*/\d+, moves: [1-9]\d*/\d+, leader transfers: [1-9]\d*/\d+, "
+        r"wrong-range answers: \d+",
+        out[-2],
+    )
+
+
+def test_sharded_replay_command_parses_back() -> None:
+    overrides = {"sharded": True, "faults": ("crash", "range-split", "move")}
+    cmd = replay_command(9, overrides)
+    assert cmd.startswith("qkv sim --seed 9 --trace --sharded")
+    args = build_parser().parse_args(cmd.split()[1:])
+    assert _sim_overrides(args) == overrides

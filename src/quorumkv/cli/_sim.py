@@ -2,6 +2,9 @@
 
 Prints one summary line (``seeds: N, steps: N, faults: N, violations: N``), and for a
 failing seed the command that replays it; exits 1 if any seed found a violation.
+``--sharded`` runs the sharded cluster (many ranges per node, with range splits, replica
+moves and range leader transfers among the faults) and also prints how many of those
+took effect.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from quorumkv.sim import FAULT_KINDS, SimResult, Summary, run_seed
+from quorumkv.sim import FAULT_KINDS, SHARDED_FAULT_KINDS, SimResult, Summary, run_seed
 
 RunMany = Callable[..., Summary]
 
 
 def sim_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if args.sharded:
+        out["sharded"] = True
     if args.nodes:
         out["nodes"] = args.nodes
     if args.duration_ms:
@@ -28,9 +33,10 @@ def sim_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["lease_reads"] = True
     if args.faults:
         kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
-        unknown = set(kinds) - set(FAULT_KINDS)
+        known = SHARDED_FAULT_KINDS if args.sharded else FAULT_KINDS
+        unknown = set(kinds) - set(known)
         if unknown:
-            raise SystemExit(f"qkv sim: unknown fault kinds {sorted(unknown)}; know {FAULT_KINDS}")
+            raise SystemExit(f"qkv sim: unknown fault kinds {sorted(unknown)}; know {known}")
         out["faults"] = kinds
     return out
 
@@ -38,6 +44,8 @@ def sim_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def replay_command(seed: int, overrides: dict[str, Any]) -> str:
     """The ``qkv sim`` command line that replays ``seed`` under the same overrides."""
     flags = [f"qkv sim --seed {seed} --trace"]
+    if overrides.get("sharded"):
+        flags.append("--sharded")
     if "nodes" in overrides:
         flags.append(f"--nodes {overrides['nodes']}")
     if "duration_us" in overrides:
@@ -59,6 +67,10 @@ def cmd_sim(args: argparse.Namespace, run_many: RunMany) -> int:
             f"seed {r.seed}: steps {r.steps}, faults {r.faults}, "
             f"operations {r.ops} ({r.ops_ok} acknowledged)"
         )
+        if args.sharded:
+            one = Summary()
+            one.add(r)
+            print(one.events_line())
         if r.violation:
             print(f"VIOLATION: {r.violation}", file=sys.stderr)
             return 1
@@ -78,6 +90,8 @@ def cmd_sim(args: argparse.Namespace, run_many: RunMany) -> int:
         print(f"seed {r.seed} failed: {r.violation}")
         print(f"  replay: {replay_command(r.seed, overrides)}")
     print(f"operations: {summary.ops} ({summary.ops_ok} acknowledged), {summary.election_line()}")
+    if args.sharded:
+        print(summary.events_line())
     print(summary.line())
     return 1 if summary.failures else 0
 
@@ -95,9 +109,14 @@ def register(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     s.add_argument("--seed", type=int, help="run this one seed only")
     s.add_argument("--trace", action="store_true", help="with --seed: print the event trace")
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
-    s.add_argument("--nodes", type=int, choices=(3, 5), help="cluster size (default: by seed)")
+    s.add_argument("--sharded", action="store_true", help="many ranges: splits, moves, transfers")
+    s.add_argument("--nodes", type=int, choices=(3, 4, 5), help="cluster size (default: by seed)")
     s.add_argument("--duration-ms", type=int, help="virtual time with faults (default 3000)")
     s.add_argument("--lease-reads", action="store_true", help="serve reads by leader lease")
-    s.add_argument("--faults", help=f"comma-separated subset of: {','.join(FAULT_KINDS)}")
+    s.add_argument(
+        "--faults",
+        help=f"comma-separated subset of: {','.join(FAULT_KINDS)}; "
+        f"with --sharded: {','.join(SHARDED_FAULT_KINDS)}",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=func)

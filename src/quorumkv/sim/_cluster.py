@@ -18,8 +18,10 @@ microseconds) and then by insertion order, and every random choice comes from on
   events wait), partitions of several shapes, a lossy and duplicating network,
   membership changes and leader transfers.
 
-The driver code here is the template for the real server: persist, then send, then
-apply, then advance, batched per Ready.
+The driver code (in ``_base``, shared with the sharded cluster) is the template for
+the real server: persist, then send, then apply, then advance, batched per Ready. This
+module owns what is about one group: its nodes, their restarts, membership changes and
+leader transfers of that group, and the end-of-run liveness check.
 
 After ``duration_us`` the faults stop, the network heals, crashed nodes restart, and the
 cluster gets ``settle_us`` to recover: it must elect a leader and finish the clients'
@@ -31,10 +33,8 @@ Nothing here reads the wall clock or the global random generator.
 
 from __future__ import annotations
 
-import heapq
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from quorumkv.consensus import (
@@ -43,24 +43,24 @@ from quorumkv.consensus import (
     ChangeType,
     ConfChange,
     Config,
-    Message,
-    MessageType,
+    GroupId,
     NodeId,
     RaftState,
     RawNode,
-    ReadOnlyOption,
-    Ready,
     Role,
     bootstrap_state,
-    describe_message,
 )
 from quorumkv.errors import ProposalDropped, SimulationError
 
+from ._base import ClientState, Request, SimBase, SimHost, SimReplica, SimResult
 from ._checks import SafetyChecker
 from ._disk import StorageDisk
-from ._kv import Command, KVStateMachine
-from ._linearizability import CheckResult, Operation, OpKind, check_history
-from ._network import Network, NetworkProfile
+from ._kv import KVStateMachine
+from ._linearizability import OpKind
+
+__all__ = ["FAULT_KINDS", "Cluster", "SimConfig", "SimNode", "SimResult"]
+
+GROUP = GroupId(1)
 
 FAULT_KINDS = (
     "crash",
@@ -136,82 +136,22 @@ class SimConfig:
         return SimConfig(**base)
 
 
-@dataclass
-class Request:
-    client: int
-    seq: int
-    attempt: int
-    kind: OpKind
-    key: str
-    value: str | None
-    expected: str | None
+@dataclass(kw_only=True)
+class SimNode(SimHost, SimReplica):
+    """A node of the one group: host and replica in one."""
 
-
-@dataclass
-class SimNode:
-    id: int
     cfg: Config
-    disk: StorageDisk
-    raw: RawNode
-    sm: KVStateMachine
-    incarnation: int = 0
-    alive: bool = True
-    paused: bool = False
-    io_busy: bool = False
-    ready_scheduled: bool = False
-    deferred: list[tuple[Callable[..., None], tuple[Any, ...]]] = field(default_factory=list)
-    pending_writes: dict[tuple[int, int], Request] = field(default_factory=dict)
-    pending_reads: dict[bytes, Request] = field(default_factory=dict)
-    waiting_reads: list[tuple[int, Request]] = field(default_factory=list)
-    last_role: Role = Role.FOLLOWER
 
 
-@dataclass
-class ClientState:
-    id: int
-    seq: int = 0
-    target: int = 1
-    attempt: int = 0
-    op: Request | None = None
-    invoke: int = 0
+class Cluster(SimBase):
+    nodes: dict[int, SimNode]  # type: ignore[assignment]
 
-
-@dataclass
-class SimResult:
-    seed: int
-    steps: int
-    faults: int
-    ops: int
-    ops_ok: int
-    violation: str | None
-    election_samples: list[float]
-    trace: list[str]
-    linearizability: CheckResult | None = None
-
-
-def _enc(s: str | None) -> bytes | None:
-    return s.encode() if s is not None else None
-
-
-class Cluster:
     def __init__(self, cfg: SimConfig, trace: bool = False) -> None:
-        self.cfg = cfg
-        self.rng = random.Random(cfg.seed)
-        self.now = 0
-        self._queue: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
-        self._seq = 0
-        self.steps = 0
-        self.faults = 0
-        self.tracing = trace
-        self.trace: list[str] = []
-        self.net = Network(random.Random(self.rng.getrandbits(64)))
+        super().__init__(cfg, trace)
+        self.cfg: SimConfig = cfg
         self.checker = SafetyChecker()
-        self.history: list[Operation] = []
-        self.election_samples: list[float] = []
-        self._leader_crash: tuple[int, int] | None = None  # (time, term)
-        self.faults_on = True
         voters = {NodeId(i) for i in range(1, cfg.nodes + 1)}
-        self.nodes: dict[int, SimNode] = {}
+        self.nodes = {}
         for nid in range(1, cfg.nodes + cfg.spares + 1):
             state = bootstrap_state(voters) if nid in voters else RaftState()
             disk = StorageDisk(
@@ -222,87 +162,47 @@ class Cluster:
             ClientState(c, target=self.rng.randint(1, cfg.nodes)) for c in range(1, cfg.clients + 1)
         ]
 
-    # -- the event queue -------------------------------------------------------------
+    # -- hooks of SimBase ------------------------------------------------------------
 
-    def at(self, delay: int, fn: Callable[..., None], *args: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (self.now + delay, self._seq, fn, args))
+    def _replica(self, node: SimHost, group: int) -> SimReplica | None:
+        return self.nodes[node.id] if group == GROUP else None
 
-    def log(self, text: str) -> None:
-        if self.tracing:
-            self.trace.append(f"{self.now / 1000:10.3f}ms  {text}")
+    def _checker(self, group: int) -> SafetyChecker:
+        return self.checker
 
-    def run(self) -> SimResult:
-        cfg = self.cfg
+    def _start_nodes(self) -> None:
         for node in self.nodes.values():
-            self.at(self.rng.randint(0, cfg.tick_us), self._tick, node.id, node.incarnation)
-        for c in self.clients:
-            self.at(self.rng.randint(0, 20_000), self._client_next, c)
-        self.at(self.rng.randint(*cfg.fault_gap_us), self._next_fault)
-        self.at(cfg.duration_us, self._end_faults)
-        end = cfg.duration_us + cfg.settle_us
-        violation: str | None = None
-        try:
-            while self._queue:
-                t, _, fn, args = heapq.heappop(self._queue)
-                if t > end:
-                    break
-                self.now = t
-                self.steps += 1
-                fn(*args)
-            self._final_checks()
-        except SimulationError as exc:
-            violation = str(exc)
-            self.log(f"VIOLATION: {violation}")
-        except AssertionError as exc:
-            violation = f"internal invariant broken: {exc}"
-            self.log(f"VIOLATION: {violation}")
-        lin = None
-        if violation is None:
-            for c in self.clients:
-                self._give_up(c)
-            lin = check_history(self.history)
-            if not lin.ok:
-                violation = "linearizability violated: " + lin.explanation
-        return SimResult(
-            seed=cfg.seed,
-            steps=self.steps,
-            faults=self.faults,
-            ops=len(self.history),
-            ops_ok=sum(1 for op in self.history if op.complete is not None),
-            violation=violation,
-            election_samples=self.election_samples,
-            trace=self.trace,
-            linearizability=lin,
-        )
+            self.at(self.rng.randint(0, self.cfg.tick_us), self._tick, node.id, node.incarnation)
+
+    def _some_leader(self) -> int | None:
+        leader = self._leader()
+        return leader.id if leader is not None else None
+
+    def _became_leader(self, node: SimHost, rep: SimReplica) -> None:
+        self._sample_election(rep.raw.raft.term)
+
+    def _serving_replica(self, node: SimHost, req: Request) -> SimReplica | None:
+        return self.nodes[node.id]
+
+    def _target(self, c: ClientState, req: Request) -> int:
+        if req.kind is OpKind.GET and c.attempt == 1 and self.rng.random() < 0.5:
+            # Spread reads over every node, as a load-balancing client would: followers
+            # serve them through ReadIndex, and a deposed leader is asked too.
+            return self.rng.randint(1, len(self.nodes))
+        return c.target
+
+    def _retarget(self, c: ClientState, hint: int | None) -> None:
+        c.target = hint if hint else self.rng.randint(1, len(self.nodes))
 
     # -- nodes -----------------------------------------------------------------------
 
     def _make_node(self, nid: int, disk: StorageDisk) -> SimNode:
-        cfg = self.cfg
-        rcfg = Config(
-            id=NodeId(nid),
-            election_tick=cfg.election_tick,
-            heartbeat_tick=cfg.heartbeat_tick,
-            max_inflight_msgs=self.rng.choice((2, 16, 256)),
-            max_size_per_msg=cfg.max_size_per_msg or self.rng.choice((1, 200, 4096, 1 << 20)),
-            read_only=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
-        )
+        rcfg = self._raft_config(nid, GROUP)
         state = disk.load()
         raw = RawNode(rcfg, state, random.Random(self.rng.getrandbits(64)))
         snap = state.snapshot
         sm = KVStateMachine.restore(snap.data, snap.meta.index) if snap else KVStateMachine()
-        return SimNode(nid, rcfg, disk, raw, sm)
-
-    def _live(self, node: SimNode, incarnation: int) -> bool:
-        return node.alive and node.incarnation == incarnation
-
-    def _defer_if_paused(self, node: SimNode, fn: Callable[..., None], *args: Any) -> bool:
-        """A paused node keeps its inputs for when it resumes; True if this one waits."""
-        if node.paused:
-            node.deferred.append((fn, args))
-            return True
-        return False
+        return SimNode(id=nid, cfg=rcfg, disk=disk, raw=raw, sm=sm, group=GROUP)
 
     def _tick(self, nid: int, incarnation: int) -> None:
         node = self.nodes[nid]
@@ -312,254 +212,13 @@ class Cluster:
         if node.paused:
             return  # a stopped process does not notice time passing
         node.raw.tick()
-        self._after_input(node)
-
-    def _deliver(self, m: Message) -> None:
-        node = self.nodes[m.to]
-        if not node.alive or not self.net.link_up(m.frm, m.to):
-            if m.type is MessageType.SNAP:
-                self._report_snapshot(m.frm, m.to, False)
-            return
-        if self._defer_if_paused(node, self._deliver, m):
-            return
-        if self.tracing:
-            self.log(f"recv {describe_message(m)}")
-        node.raw.step(m)
-        if m.type is MessageType.SNAP:
-            self._report_snapshot(m.frm, m.to, True)
-        self._after_input(node)
-
-    def _report_snapshot(self, leader: int, to: int, ok: bool) -> None:
-        node = self.nodes[leader]
-        if node.alive and not node.paused:
-            node.raw.report_snapshot(NodeId(to), ok)
-            self._after_input(node)
-
-    def _after_input(self, node: SimNode) -> None:
-        raw = node.raw
-        role = raw.raft.role
-        if role is not node.last_role:
-            node.last_role = role
-            self.log(f"n{node.id} becomes {role.value} in term {raw.raft.term}")
-            if role is Role.LEADER:
-                self.checker.observe_leader(node.id, raw.raft.term, raw.raft.log)
-                self._sample_election(raw.raft.term)
-        if not node.io_busy and not node.ready_scheduled and raw.has_ready():
-            node.ready_scheduled = True
-            self.at(0, self._take_ready, node.id, node.incarnation)
-
-    def _take_ready(self, nid: int, incarnation: int) -> None:
-        node = self.nodes[nid]
-        node.ready_scheduled = False
-        if not self._live(node, incarnation) or node.io_busy:
-            return
-        if self._defer_if_paused(node, self._take_ready, nid, incarnation):
-            return
-        rd = node.raw.ready()
-        self.checker.observe_ready(nid, rd, node.raw.raft.log, node.raw.raft.term)
-        node.disk.write_ready(rd)
-        node.io_busy = True
-        delay = self.rng.randint(*self.cfg.fsync_us) if rd.must_sync else 0
-        self.at(delay, self._io_done, nid, incarnation, rd)
-
-    def _io_done(self, nid: int, incarnation: int, rd: Ready) -> None:
-        node = self.nodes[nid]
-        if not self._live(node, incarnation):
-            return
-        if self._defer_if_paused(node, self._io_done, nid, incarnation, rd):
-            return
-        node.disk.sync()
-        if self._at_crash_point(node, rd, before_send=True):
-            self._crash(node)  # its entries are on its disk and nowhere else
-            return
-        for m in rd.messages:
-            delays = self.net.route(m.frm, m.to)
-            for delay in delays:
-                self.at(delay, self._deliver, m)
-            if not delays and m.type is MessageType.SNAP:
-                # The snapshot stream broke; a real transport would notice too.
-                self.at(self.cfg.tick_us, self._report_snapshot, m.frm, m.to, False)
-        if rd.snapshot is not None:
-            node.sm = KVStateMachine.restore(rd.snapshot.data, rd.snapshot.meta.index)
-        for e in rd.committed:
-            out = node.sm.apply(e)
-            if out is not None:
-                cmd, result = out
-                req = node.pending_writes.pop((cmd.client, cmd.seq), None)
-                if req is not None:
-                    self._respond(req, True, result)
-        for rs in rd.read_states:
-            req = node.pending_reads.pop(rs.context, None)
-            if req is not None:
-                node.waiting_reads.append((rs.index, req))
-        node.raw.advance(rd)
-        node.io_busy = False
-        if self._at_crash_point(node, rd, before_send=False):
-            self._crash(node)
-            return
-        self._serve_reads(node)
-        self._maybe_compact(node)
-        self._after_input(node)
-
-    def _at_crash_point(self, node: SimNode, rd: Ready, before_send: bool) -> bool:
-        p = self.cfg.crash_points
-        if not p or not self.faults_on:
-            return False
-        if before_send:
-            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
-                return self.rng.random() < p
-            if rd.hard_state is not None and node.raw.raft.role is Role.LEADER:
-                return self.rng.random() < p / 5  # commit advanced: on disk, not told
-            return False
-        if rd.hard_state is not None and rd.hard_state.vote not in (NONE, node.id):
-            return self.rng.random() < p
-        if rd.committed and node.raw.raft.role is Role.LEADER:
-            return self.rng.random() < p / 10
-        return False
-
-    def _serve_reads(self, node: SimNode) -> None:
-        if not node.waiting_reads:
-            return
-        still: list[tuple[int, Request]] = []
-        for index, req in node.waiting_reads:
-            if index <= node.sm.applied:
-                self._respond(req, True, node.sm.get(req.key))
-            else:
-                still.append((index, req))
-        node.waiting_reads = still
-
-    def _maybe_compact(self, node: SimNode) -> None:
-        log = node.raw.raft.log
-        if node.sm.applied - log.offset >= self.cfg.compact_every:
-            snap = node.raw.compact(node.sm.applied, node.sm.snapshot())
-            node.disk.save_snapshot(snap)
-            self.log(f"n{node.id} compacts its log to {snap.meta.index}")
+        self._after_input(node, node)
 
     def _sample_election(self, term: int) -> None:
         if self._leader_crash is not None and term > self._leader_crash[1]:
             elapsed = self.now - self._leader_crash[0]
             self.election_samples.append(elapsed / (self.cfg.election_tick * self.cfg.tick_us))
             self._leader_crash = None
-
-    # -- clients ---------------------------------------------------------------------
-
-    def _client_next(self, c: ClientState) -> None:
-        if self.now > self.cfg.duration_us + self.cfg.settle_us // 2:
-            return  # leave the rest of the settling time for outstanding operations
-        c.seq += 1
-        c.attempt = 0
-        c.invoke = self.now
-        key = f"k{self.rng.randrange(self.cfg.keys)}"
-        r = self.rng.random()
-        value = f"c{c.id}.{c.seq}"
-        if r < 0.35:
-            op = Request(c.id, c.seq, 0, OpKind.PUT, key, value, None)
-        elif r < 0.7:
-            op = Request(c.id, c.seq, 0, OpKind.GET, key, None, None)
-        elif r < 0.9:
-            expected = self._recent_value(key)
-            op = Request(c.id, c.seq, 0, OpKind.CAS, key, value, expected)
-        else:
-            op = Request(c.id, c.seq, 0, OpKind.DELETE, key, None, None)
-        c.op = op
-        self.log(f"client {c.id} invokes {op.kind.name} {key} {value if op.value else ''}")
-        self._client_send(c)
-
-    def _recent_value(self, key: str) -> str | None:
-        for op in reversed(self.history[-20:]):
-            if op.key == key.encode():
-                out = op.output if op.kind is OpKind.GET else op.value
-                return out.decode() if isinstance(out, bytes) else None
-        return None
-
-    def _client_send(self, c: ClientState) -> None:
-        assert c.op is not None
-        c.attempt += 1
-        req = Request(
-            c.op.client, c.op.seq, c.attempt, c.op.kind, c.op.key, c.op.value, c.op.expected
-        )
-        target = c.target
-        if req.kind is OpKind.GET and c.attempt == 1 and self.rng.random() < 0.5:
-            # Spread reads over every node, as a load-balancing client would: followers
-            # serve them through ReadIndex, and a deposed leader is asked too.
-            target = self.rng.randint(1, len(self.nodes))
-        self.at(self.rng.randint(100, 1_000), self._node_request, target, req)
-        self.at(self.cfg.attempt_timeout_us, self._client_timeout, c, c.seq, c.attempt)
-
-    def _client_timeout(self, c: ClientState, seq: int, attempt: int) -> None:
-        if c.op is None or c.seq != seq or c.attempt != attempt:
-            return
-        self._client_retry(c, None)
-
-    def _client_retry(self, c: ClientState, hint: int | None) -> None:
-        if self.now - c.invoke >= self.cfg.op_deadline_us:
-            self._give_up(c)
-            self.at(self.rng.randint(0, 10_000), self._client_next, c)
-            return
-        c.target = hint if hint else self.rng.randint(1, len(self.nodes))
-        self.at(self.rng.randint(1_000, 10_000), self._client_resend, c, c.seq)
-
-    def _client_resend(self, c: ClientState, seq: int) -> None:
-        if c.op is not None and c.seq == seq:
-            self._client_send(c)
-
-    def _give_up(self, c: ClientState) -> None:
-        op = c.op
-        if op is None:
-            return
-        c.op = None
-        if op.kind is not OpKind.GET:  # a lost read tells nothing; a write may have happened
-            self.history.append(self._operation(op, c.invoke, None, None))
-            self.log(f"client {c.id} gives up on {op.kind.name} {op.key}: outcome unknown")
-
-    def _operation(self, op: Request, invoke: int, complete: int | None, output: Any) -> Operation:
-        return Operation(
-            client=op.client,
-            key=op.key.encode(),
-            kind=op.kind,
-            value=_enc(op.value),
-            expected=_enc(op.expected),
-            output=_enc(output) if op.kind is OpKind.GET else output,
-            invoke=float(invoke),
-            complete=float(complete) if complete is not None else None,
-        )
-
-    def _respond(self, req: Request, ok: bool, result: Any, hint: int = 0) -> None:
-        self.at(self.rng.randint(100, 1_000), self._client_response, req, ok, result, hint)
-
-    def _client_response(self, req: Request, ok: bool, result: Any, hint: int) -> None:
-        c = self.clients[req.client - 1]
-        if c.op is None or c.seq != req.seq or c.attempt != req.attempt:
-            return
-        if not ok:
-            self._client_retry(c, hint or None)
-            return
-        op = c.op
-        c.op = None
-        self.history.append(self._operation(op, c.invoke, self.now, result))
-        self.log(f"client {c.id} completes {op.kind.name} {op.key} -> {result!r}")
-        self.at(self.rng.randint(0, 10_000), self._client_next, c)
-
-    def _node_request(self, nid: int, req: Request) -> None:
-        node = self.nodes[nid]
-        if not node.alive:
-            return  # the client times out
-        if self._defer_if_paused(node, self._node_request, nid, req):
-            return
-        raw = node.raw
-        try:
-            if req.kind is OpKind.GET:
-                ctx = f"{req.client}:{req.seq}:{req.attempt}".encode()
-                raw.read_index(ctx)
-                node.pending_reads[ctx] = req
-            else:
-                op = {OpKind.PUT: "put", OpKind.DELETE: "delete", OpKind.CAS: "cas"}[req.kind]
-                cmd = Command(req.client, req.seq, op, req.key, req.value, req.expected)
-                raw.propose(cmd.encode())
-                node.pending_writes[(req.client, req.seq)] = req
-        except ProposalDropped as exc:
-            self._respond(req, False, None, exc.leader)
-        self._after_input(node)
 
     # -- faults ----------------------------------------------------------------------
 
@@ -571,21 +230,8 @@ class Cluster:
         ]
         return max(leaders, key=lambda n: n.raw.raft.term) if leaders else None
 
-    def _members(self) -> list[int]:
-        return list(self.nodes)
-
-    def _next_fault(self) -> None:
-        if not self.faults_on:
-            return
-        cfg = self.cfg
-        kind = self.rng.choice(cfg.faults)
-        length = self.rng.randint(*cfg.fault_len_us)
-        self.faults += 1
-        self._leader_crash = None  # an election-time sample needs one fault alone
-        getattr(self, "_fault_" + kind.replace("-", "_"))(length)
-        self.at(self.rng.randint(*cfg.fault_gap_us), self._next_fault)
-
-    def _crash(self, node: SimNode) -> None:
+    def _crash(self, node: SimHost) -> None:
+        assert isinstance(node, SimNode)
         if not node.alive:
             return
         # Time-to-new-leader is sampled only for a leader crash alone: a healthy network
@@ -595,14 +241,7 @@ class Cluster:
             self._leader_crash = (self.now, node.raw.raft.term)
         else:
             self._leader_crash = None
-        lost = node.disk.crash()
-        node.alive = False
-        node.paused = False
-        node.deferred.clear()
-        node.incarnation += 1
-        length = self.rng.randint(*self.cfg.restart_us)
-        self.log(f"FAULT crash n{node.id} (lost {lost} unsynced writes) for {length // 1000}ms")
-        self.at(length, self._restart, node.id)
+        self._crash_host(node)
         if self.cfg.forget_leader:
             for n in self.nodes.values():
                 if n.alive and n is not node and n.raw.raft.lead == node.id:
@@ -619,7 +258,7 @@ class Cluster:
             self.log(f"n{nid} forgets its dead leader n{dead}")
             delay = self.rng.randint(0, 2 * self.cfg.tick_us)
             self.at(delay, self._early_campaign, nid, incarnation)
-            self._after_input(node)
+            self._after_input(node, node)
 
     def _early_campaign(self, nid: int, incarnation: int) -> None:
         node = self.nodes[nid]
@@ -629,7 +268,7 @@ class Cluster:
             return
         if node.raw.raft.lead == NONE and node.raw.raft.role is Role.FOLLOWER:
             node.raw.campaign()
-            self._after_input(node)
+            self._after_input(node, node)
 
     def _restart(self, nid: int) -> None:
         old = self.nodes[nid]
@@ -642,96 +281,6 @@ class Cluster:
         self.log(f"restart n{nid} at term {node.raw.raft.term}, applied {node.sm.applied}")
         self.at(self.rng.randint(0, self.cfg.tick_us), self._tick, nid, node.incarnation)
 
-    def _fault_crash(self, length: int) -> None:
-        self._crash(self.nodes[self.rng.choice(self._members())])
-
-    def _fault_crash_leader(self, length: int) -> None:
-        leader = self._leader()
-        if leader is not None:
-            self._crash(leader)
-
-    def _fault_pause(self, length: int) -> None:
-        node = self._leader() if self.rng.random() < 0.5 else None
-        node = node or self.nodes[self.rng.choice(self._members())]
-        if node.alive and not node.paused:
-            self._leader_crash = None
-            node.paused = True
-            self.log(f"FAULT pause n{node.id} for {length // 1000}ms")
-            self.at(length, self._resume, node.id, node.incarnation)
-
-    def _resume(self, nid: int, incarnation: int) -> None:
-        node = self.nodes[nid]
-        if node.incarnation != incarnation or not node.paused:
-            return
-        node.paused = False
-        self.log(f"resume n{nid}")
-        deferred, node.deferred = node.deferred, []
-        for fn, args in deferred:
-            self.at(0, fn, *args)
-
-    def _partition_for(self, length: int, what: str) -> None:
-        self._leader_crash = None
-        self.log(f"FAULT {what} for {length // 1000}ms")
-        self.at(length, self._heal)
-
-    def _heal(self) -> None:
-        if self.net.cut or self.net.profile.drop:
-            self.log("heal the network")
-        self.net.heal()
-        self.net.profile = NetworkProfile()
-
-    def _fault_isolate(self, length: int) -> None:
-        leader = self._leader()
-        victim = (
-            leader.id if leader and self.rng.random() < 0.5 else self.rng.choice(self._members())
-        )
-        others = set(self._members()) - {victim}
-        self.net.isolate([{victim}, others])
-        self._partition_for(length, f"isolate n{victim}")
-
-    def _fault_split(self, length: int) -> None:
-        ids = self._members()
-        self.rng.shuffle(ids)
-        cut = self.rng.randint(1, len(ids) - 1)
-        left, right = set(ids[:cut]), set(ids[cut:])
-        self.net.isolate([left, right])
-        self._partition_for(length, f"split {sorted(left)} | {sorted(right)}")
-
-    def _fault_bridge(self, length: int) -> None:
-        ids = self._members()
-        if len(ids) < 3:
-            return
-        self.rng.shuffle(ids)
-        bridge, rest = ids[0], ids[1:]
-        half = len(rest) // 2
-        left, right = set(rest[:half]), set(rest[half:])
-        self.net.bridge(left, bridge, right)
-        self._partition_for(length, f"bridge {sorted(left)} <-n{bridge}-> {sorted(right)}")
-
-    def _fault_one_way(self, length: int) -> None:
-        ids = self._members()
-        victim = self.rng.choice(ids)
-        others = set(ids) - {victim}
-        if self.rng.random() < 0.5:
-            self.net.cut_one_way({victim}, others)
-            what = f"one-way: n{victim} cannot send"
-        else:
-            self.net.cut_one_way(others, {victim})
-            what = f"one-way: n{victim} cannot receive"
-        self._partition_for(length, what)
-
-    def _fault_lossy(self, length: int) -> None:
-        self.net.profile = NetworkProfile(
-            min_delay_us=200,
-            max_delay_us=self.rng.choice((3_000, 20_000, 60_000)),
-            drop=self.rng.choice((0.02, 0.1, 0.3)),
-            duplicate=self.rng.choice((0.0, 0.05, 0.2)),
-        )
-        p = self.net.profile
-        self._partition_for(
-            length, f"lossy network drop={p.drop} dup={p.duplicate} delay<={p.max_delay_us}us"
-        )
-
     def _fault_transfer(self, length: int) -> None:
         leader = self._leader()
         if leader is None:
@@ -741,7 +290,7 @@ class Cluster:
             to = self.rng.choice(voters)
             self.log(f"FAULT transfer leadership n{leader.id} -> n{to}")
             leader.raw.transfer_leader(NodeId(to))
-            self._after_input(leader)
+            self._after_input(leader, leader)
 
     def _fault_conf_change(self, length: int) -> None:
         leader = self._leader()
@@ -769,17 +318,7 @@ class Cluster:
             self.log(f"conf change {change.type.value} n{change.node} refused: {exc}")
             return
         self.log(f"FAULT conf change {change.type.value} n{change.node} via n{leader.id}")
-        self._after_input(leader)
-
-    def _end_faults(self) -> None:
-        self.faults_on = False
-        self._heal()
-        self.log("faults end; every node restarts and the network heals")
-        for node in list(self.nodes.values()):
-            if node.paused:
-                self._resume(node.id, node.incarnation)
-            if not node.alive:
-                self._restart(node.id)
+        self._after_input(leader, leader)
 
     # -- the end ---------------------------------------------------------------------
 

@@ -104,6 +104,10 @@ class StorageDisk:
     """The same interface as ``MemDisk``, backed by the real ``quorumkv.storage``: a
     ``NodeStorage`` (WAL and snapshot store) over a crash-injecting ``MemFileSystem``.
 
+    Each call names its Raft group (group 1 unless told): the sharded simulator keeps
+    every group of a node in this one WAL, as a real node does, so one ``sync`` makes
+    all of them durable and one crash loses all of their unsynced writes.
+
     Writes are flushed to the in-memory files when taken and fsynced by ``sync``; a crash
     keeps the synced bytes and, drawn from ``rng``, may keep a torn prefix of the rest,
     as a real disk may. Every restart reopens the storage, so simulated crashes run the
@@ -127,18 +131,33 @@ class StorageDisk:
             self.storage = NodeStorage(self.fs, "/node")  # recovery runs here
         return self.storage
 
-    def write_ready(self, rd: Ready) -> None:
+    def write_ready(self, rd: Ready, group: GroupId = _GROUP) -> None:
         if self.forget_vote and rd.hard_state is not None:
             hs = rd.hard_state
             rd = replace(rd, hard_state=HardState(hs.term, NONE, hs.commit))
         storage = self._open()
-        storage.write_ready(_GROUP, rd)
+        storage.write_ready(group, rd)
         storage.flush()
         self.unsynced += 1
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        self._open().save_snapshot(_GROUP, snap)
+    def save_snapshot(self, snap: Snapshot, group: GroupId = _GROUP) -> None:
+        self._open().save_snapshot(group, snap)
         self.unsynced = 0
+
+    def bootstrap(self, group: GroupId, state: RaftState) -> None:
+        """A new group's starting state (a split's right half), durably, with everything
+        written before it."""
+        self._open().bootstrap(group, state)
+        self.unsynced = 0
+
+    def reset(self, group: GroupId, hs: HardState) -> None:
+        """Forget a group's log and snapshots (its replica here was deleted), durably,
+        keeping the term and vote of ``hs``."""
+        self._open().reset(group, hs)
+        self.unsynced = 0
+
+    def groups(self) -> list[GroupId]:
+        return self._open().groups()
 
     def sync(self) -> None:
         self._open().sync()
@@ -153,5 +172,5 @@ class StorageDisk:
         self.unsynced = 0
         return at_risk
 
-    def load(self) -> RaftState:
-        return self._open().load(_GROUP)
+    def load(self, group: GroupId = _GROUP) -> RaftState:
+        return self._open().load(group)

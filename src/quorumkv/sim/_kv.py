@@ -12,6 +12,10 @@ this, a retried put could take effect twice and the history would not be lineari
 Reads do not go through the log; the simulator serves them from ``get`` after a
 ReadIndex round. Snapshots are the whole state as canonical JSON.
 
+``RangeKV`` is the same register for one range of a sharded cluster: it knows its
+bounds and split version, and ``split_off`` cuts it in two at a key (the sharded
+cluster refuses keys a range does not own; this module only answers ``owns``).
+
 The real MVCC state machine lives in ``quorumkv.kv``; this one exists to test Raft.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any, Self
 
 from quorumkv.consensus import Entry, EntryType, Index
 
@@ -83,22 +88,74 @@ class KVStateMachine:
         self.sessions[cmd.client] = (cmd.seq, result)
         return cmd, result
 
-    def snapshot(self) -> bytes:
-        doc = {
+    def skip(self, index: Index) -> None:
+        """Apply entry ``index`` as one that changes nothing here (refused, or applied by
+        the driver itself)."""
+        if index != self.applied + 1:
+            raise AssertionError(f"apply out of order: {index} after {self.applied}")
+        self.applied = index
+
+    def _doc(self) -> dict[str, Any]:
+        return {
             "applied": self.applied,
             "data": self.data,
             "sessions": {str(c): list(v) for c, v in self.sessions.items()},
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
-    @staticmethod
-    def restore(data: bytes, index: Index) -> KVStateMachine:
-        sm = KVStateMachine()
+    def _load(self, doc: dict[str, Any]) -> None:
+        self.data = dict(doc["data"])
+        self.sessions = {int(c): (v[0], v[1]) for c, v in doc["sessions"].items()}
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self._doc(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def restore(cls, data: bytes, index: Index) -> Self:
+        sm = cls()
         sm.applied = index
         if data:
             doc = json.loads(data)
             if doc["applied"] != index:
                 raise AssertionError(f"snapshot data at {doc['applied']}, meta says {index}")
-            sm.data = dict(doc["data"])
-            sm.sessions = {int(c): (v[0], v[1]) for c, v in doc["sessions"].items()}
+            sm._load(doc)
         return sm
+
+
+class RangeKV(KVStateMachine):
+    """The register of one range ``[start, end)`` (``end == ""``: to the end of the
+    keyspace) at split version ``version``; ``range_id`` 0 is a replica still waiting for
+    its first snapshot, which owns no key. Snapshots carry the bounds, so a replica
+    restored from one past a split knows it was cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.range_id = 0
+        self.start = ""
+        self.end = ""
+        self.version = 0
+
+    def owns(self, key: str) -> bool:
+        return self.range_id != 0 and self.start <= key and (self.end == "" or key < self.end)
+
+    def split_off(self, key: str, child_id: int) -> RangeKV:
+        """Cut at ``key``: this range keeps ``[start, key)``, the returned one (at index
+        1, as a new group starts) takes the rest and a copy of the sessions, so a write
+        retried across the split is still applied once. Both get ``version + 1``."""
+        child = RangeKV()
+        child.range_id, child.start, child.end = child_id, key, self.end
+        child.version = self.version = self.version + 1
+        child.applied = Index(1)
+        child.sessions = dict(self.sessions)
+        child.data = {k: v for k, v in self.data.items() if k >= key}
+        self.data = {k: v for k, v in self.data.items() if k < key}
+        self.end = key
+        return child
+
+    def _doc(self) -> dict[str, Any]:
+        doc = super()._doc()
+        doc["range"] = [self.range_id, self.start, self.end, self.version]
+        return doc
+
+    def _load(self, doc: dict[str, Any]) -> None:
+        super()._load(doc)
+        self.range_id, self.start, self.end, self.version = doc["range"]

@@ -1,5 +1,6 @@
 """Running many simulation seeds, in parallel, and summing up what they found.
 
+``overrides`` may hold ``sharded=True`` to run the sharded cluster (``_sharded``).
 Each seed is independent and deterministic, so seeds are spread over worker processes
 and their results gathered in any order; the summary is the same whatever the number of
 workers.
@@ -17,9 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._cluster import Cluster, SimConfig, SimResult
+from ._sharded import ShardedCluster, ShardedConfig
 
 
-def run_seed(seed: int, trace: bool = False, **overrides: Any) -> SimResult:
+def run_seed(
+    seed: int, trace: bool = False, *, sharded: bool = False, **overrides: Any
+) -> SimResult:
+    """One seed: the single-group cluster, or with ``sharded`` the sharded one."""
+    if sharded:
+        return ShardedCluster(ShardedConfig.for_seed(seed, **overrides), trace=trace).run()
     return Cluster(SimConfig.for_seed(seed, **overrides), trace=trace).run()
 
 
@@ -32,6 +39,7 @@ class Summary:
     ops_ok: int = 0
     failures: list[SimResult] = field(default_factory=list)
     election_samples: list[float] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)
 
     def add(self, r: SimResult) -> None:
         self.seeds += 1
@@ -40,6 +48,8 @@ class Summary:
         self.ops += r.ops
         self.ops_ok += r.ops_ok
         self.election_samples.extend(r.election_samples)
+        for k, v in r.events.items():
+            self.events[k] = self.events.get(k, 0) + v
         if r.violation is not None:
             self.failures.append(r)
 
@@ -47,6 +57,16 @@ class Summary:
         return (
             f"seeds: {self.seeds}, steps: {self.steps}, faults: {self.faults}, "
             f"violations: {len(self.failures)}"
+        )
+
+    def events_line(self) -> str:
+        """Sharded runs: the range operations that took effect, of those started."""
+        e = self.events
+        return (
+            f"splits: {e.get('splits', 0)}/{e.get('splits_started', 0)}, "
+            f"moves: {e.get('moves', 0)}/{e.get('moves_started', 0)}, "
+            f"leader transfers: {e.get('transfers', 0)}/{e.get('transfers_started', 0)}, "
+            f"wrong-range answers: {e.get('wrong_range', 0)}"
         )
 
     def election_line(self) -> str:
