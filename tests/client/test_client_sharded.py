@@ -35,6 +35,8 @@ def test_the_client_routes_through_splits_and_across_ranges(sharded: Any) -> Non
     assert (only.start, only.end) == (b"", b"")
     left, right = cl.split(_key(50))
     assert (left.end, right.start) == (_key(50), _key(50))
+    with pytest.raises(ClientError, match="starts there already"):  # not a malformed request
+        cl.split(_key(50))
     cl.split(_key(120))
     # A client that cached the old layout is refused by the ranges and catches up.
     with cluster.client(timeout=30) as other:

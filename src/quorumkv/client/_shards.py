@@ -477,6 +477,13 @@ class Shards:
         stale = 0
         while True:
             desc = await self.locate(key, att)
+            if key and desc.start == key:
+                # A split by the cluster itself, or an earlier try whose answer was lost:
+                # the node would refuse a split at a range's start as malformed.
+                raise ClientError(
+                    f"split: cannot split at {key!r}: range {desc.range_id} starts there "
+                    "already (nothing to split)"
+                )
             router = self.router(desc)
             body = [desc.range_id, desc.epoch.version, key]
             try:
