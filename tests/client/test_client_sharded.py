@@ -161,20 +161,28 @@ def test_splits_in_quick_succession_all_succeed(sharded: Any) -> None:
     assert len(cl.ranges()) == 25
 
 
+def _await_splits(cl: Any, ranges: int, keys: int) -> list[Any]:
+    """Wait (60 s at most) until the cluster split itself into ``ranges`` ranges; then
+    they tile the keyspace and a scan finds keys 0 .. ``keys`` - 1, in order. Returns
+    the ranges."""
+    deadline = time.monotonic() + 60
+    while len(cl.ranges()) < ranges:
+        assert time.monotonic() < deadline, f"no automatic split: {cl.ranges()}"
+        time.sleep(0.2)
+    descs: list[Any] = cl.ranges()
+    assert descs[0].start == b"" and descs[-1].end == b""
+    assert all(a.end == b.start for a, b in itertools.pairwise(descs))
+    everything = cl.range(b"k", prefix=True, keys_only=True)
+    assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(keys)]
+    return descs
+
+
 def test_a_range_splits_by_itself_past_its_key_threshold(make_cluster: Any) -> None:
     cluster = make_cluster(3, extra_args=["--sharded", "--split-keys", "300"], tick_ms=20)
     with cluster.client(timeout=30) as cl:
         for i in range(1000):
             cl.put(_key(i), b"v")
-        deadline = time.monotonic() + 60
-        while len(cl.ranges()) < 3:
-            assert time.monotonic() < deadline, f"no automatic split: {cl.ranges()}"
-            time.sleep(0.2)
-        descs = cl.ranges()
-        assert descs[0].start == b"" and descs[-1].end == b""
-        assert all(a.end == b.start for a, b in itertools.pairwise(descs))
-        everything = cl.range(b"k", prefix=True, keys_only=True)
-        assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(1000)]
+        _await_splits(cl, 3, 1000)
 
 
 def test_a_range_splits_by_itself_past_its_byte_threshold(make_cluster: Any) -> None:
@@ -183,15 +191,7 @@ def test_a_range_splits_by_itself_past_its_byte_threshold(make_cluster: Any) -> 
     with cluster.client(timeout=30) as cl:
         for i in range(100):  # about 105 KiB of records, far fewer keys than --split-keys
             cl.put(_key(i), value)
-        deadline = time.monotonic() + 60
-        while len(cl.ranges()) < 2:
-            assert time.monotonic() < deadline, f"no automatic split: {cl.ranges()}"
-            time.sleep(0.2)
-        descs = cl.ranges()
-        assert descs[0].start == b"" and descs[-1].end == b""
-        assert all(a.end == b.start for a, b in itertools.pairwise(descs))
-        everything = cl.range(b"k", prefix=True, keys_only=True)
-        assert [kv.key for kv in everything.kvs] == [_key(i) for i in range(100)]
+        descs = _await_splits(cl, 2, 100)
     # Every replica reports its range's real size: the records of its keys.
     sizes: dict[int, int] = {}
     for n in cluster.nodes:

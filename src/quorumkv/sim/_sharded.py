@@ -113,21 +113,13 @@ from ._base import (
     SimReplica,
 )
 from ._checks import SafetyChecker
-from ._cluster import SimConfig
+from ._cluster import FAULT_KINDS, SimConfig
 from ._disk import StorageDisk
 from ._kv import Command, RangeKV
 from ._linearizability import OpKind
 
 SHARDED_FAULT_KINDS = (
-    "crash",
-    "crash-leader",
-    "pause",
-    "isolate",
-    "split",
-    "bridge",
-    "one-way",
-    "lossy",
-    "transfer",
+    *(k for k in FAULT_KINDS if k != "conf-change"),  # a move is the sharded conf change
     "range-split",
     "move",
 )
