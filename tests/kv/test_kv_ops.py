@@ -36,6 +36,7 @@ from quorumkv.kv import (
     encode_command,
     prefix_end,
 )
+from quorumkv.kv import _index as index_module
 
 
 @pytest.fixture
@@ -335,3 +336,40 @@ def test_before_commit_sees_the_results_and_can_veto_the_batch(h: Harness) -> No
         h.store.apply([h.entry(PutRequest(b"b", b"2"))], before_commit=boom)
     assert h.store.get(b"b") is None and h.store.applied_index() == 1
     assert h.store.stats()["keys"] == 1
+
+
+def test_overwrites_take_create_and_version_from_the_index_memory(h: Harness) -> None:
+    h.apply(PutRequest(b"k", b"a"), PutRequest(b"k", b"b"), PutRequest(b"k", b"c"))
+    newest = h.store.get(b"k")
+    assert newest == kv(b"k", b"c", 2, 4, 3)
+    index = h.store.rs._index
+    newest_rev = index.pick(b"k", None)
+    assert newest_rev is not None and index.remembered(b"k", newest_rev) == (2, 3)
+    # after a reopen the memory is empty: the record is read instead, with the same result
+    h.reopen()
+    h.one(PutRequest(b"k", b"d"))
+    assert h.store.get(b"k") == kv(b"k", b"d", 2, 5, 4)
+
+
+def test_overwrites_are_right_when_the_index_memory_is_full(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "REMEMBERED_KEYS", 1)  # every other key: a miss
+    for i in range(3):
+        h.apply(PutRequest(b"a", b"%d" % i), PutRequest(b"b", b"%d" % i))
+    assert h.store.get(b"a") == kv(b"a", b"2", 2, 6, 3)
+    assert h.store.get(b"b") == kv(b"b", b"2", 3, 7, 3)
+
+
+def test_an_overwrite_rolled_back_leaves_no_trace_in_later_versions(h: Harness) -> None:
+    h.apply(PutRequest(b"k", b"a"), PutRequest(b"k", b"b"))
+
+    def fail(results: list[object]) -> None:
+        raise RuntimeError("the batch aborts after it wrote")
+
+    with pytest.raises(RuntimeError):
+        h.store.apply([h.entry(PutRequest(b"k", b"lost"))], before_commit=fail)
+    assert h.store.get(b"k") == kv(b"k", b"b", 2, 3, 2)
+    h.index -= 1  # the aborted entry was never applied: the log gives it again
+    h.apply(DeleteRangeRequest(b"k"), PutRequest(b"k", b"c"), PutRequest(b"k", b"d"))
+    assert h.store.get(b"k") == kv(b"k", b"d", 5, 6, 2)

@@ -271,7 +271,8 @@ class Executor:
 
     def _write(
         self, key: bytes, value: bytes, create: int, version: int, lease: int, tombstone: bool
-    ) -> None:
+    ) -> int:
+        """Store one record at the running request's next revision; that revision."""
         main, sub = self.main, self._sub
         self._sub += 1
         rev = make_rev(main, sub, tombstone)
@@ -283,6 +284,7 @@ class Executor:
         elif not self.txn.put(rev_key(rev), doc, db=self.dbs.rev, overwrite=False):
             raise AssertionError(f"revision {(main, sub)} is stored already: stamped twice")
         self.index.add(key, rev, REV_KEY_BYTES + len(doc))
+        return rev
 
     def put(self, key: bytes, value: bytes, lease: int, stamp: int = 0) -> int:
         """``run(PutRequest(key, value, lease), stamp)`` for a checked plain put (no
@@ -290,31 +292,40 @@ class Executor:
         the response's revision."""
         assert self._sub == 0
         main = self.main = stamp or self.current + 1
-        self._replace(key, value, lease)
+        self._replace(key, value, lease, False)
         self.current = main
         self._sub = 0
         return main
 
     def _put(self, op: PutRequest) -> PutResponse:
         main, key = self.main, op.key
-        prev = self._replace(key, op.value, op.lease)
+        prev = self._replace(key, op.value, op.lease, op.prev_kv)
         if prev is None or not op.prev_kv:
             return PutResponse(main, None)
         _, value, create, mod, version, lease, _ = prev
         return PutResponse(main, KeyValue(key, value, create, mod, version, lease))
 
-    def _replace(self, key: bytes, value: bytes, lease: int) -> list[Any] | None:
-        """Write ``key``'s new record; the unpacked record it replaces, if live. The hot
-        path of the state machine: the previous record is unpacked, never made a
-        ``KeyValue`` here."""
-        rev = self.index.pick(key, None)
+    def _replace(self, key: bytes, value: bytes, lease: int, want_prev: bool) -> list[Any] | None:
+        """Write ``key``'s new record. With ``want_prev``, returns the unpacked record it
+        replaces, if live; else None. The hot path of the state machine: an overwrite
+        takes the old record's create revision and version from the index's memory
+        when it has them, and reads the old record only when it must."""
+        index = self.index
+        rev = index.pick(key, None)
         if rev is None or rev & 1:
-            self._write(key, value, self.main, 1, lease, False)
+            main = self.main
+            index.remember(key, self._write(key, value, main, 1, lease, False), main, 1)
             return None
-        data = self.txn.get(rev_key(rev), db=self.dbs.rev)
-        assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
-        prev: list[Any] = unpack(data)
-        self._write(key, value, prev[2], prev[4] + 1, lease, False)
+        known = None if want_prev else index.remembered(key, rev)
+        prev: list[Any] | None = None
+        if known is None:
+            data = self.txn.get(rev_key(rev), db=self.dbs.rev)
+            assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
+            prev = unpack(data)
+            create, version = prev[2], prev[4] + 1
+        else:
+            create, version = known[0], known[1] + 1
+        index.remember(key, self._write(key, value, create, version, lease, False), create, version)
         return prev
 
     def _delete(self, op: DeleteRangeRequest) -> DeleteRangeResponse:

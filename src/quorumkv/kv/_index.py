@@ -22,7 +22,16 @@ and a split is told the size of each record it moves (``split_off``).
 
 Changes made while applying a batch are journaled (``begin`` ... ``commit`` or
 ``rollback``), so a batch whose engine transaction aborts leaves the index exactly as
-the engine is. This module owns the in-memory index only: it never touches the engine
+the engine is.
+
+It also remembers, for keys overwritten lately, the create revision and version of the
+record at their newest revision (``remember``, ``remembered``), as etcd's ``keyIndex``
+keeps them in memory: an overwrite needs both, and reading the old record back from
+the engine for them was a third of a put's apply. The memory is a cache, checked
+against the revision asked for: a store's revisions only grow, so ``(key, rev)`` names
+one record for good, except after a rollback, which forgets everything, as a split
+does. It holds at most ``REMEMBERED_KEYS`` keys, the ones written last, and starts
+over when full. This module owns the in-memory index only: it never touches the engine
 and never decides what is live at a revision beyond the rules above.
 """
 
@@ -45,6 +54,11 @@ REV_KEY_BYTES = _REV.size
 """The bytes of a record's engine key (``rev_key``), counted in its size."""
 
 _ADDED = object()  # journal: this key got one revision appended
+
+REMEMBERED_KEYS = 1 << 17
+"""The most keys whose newest record's create revision and version an index remembers
+(about 200 bytes each: at most about 26 MB a store); over it, it forgets them all and
+starts over."""
 
 
 def make_rev(main: int, sub: int, tombstone: bool) -> int:
@@ -87,7 +101,9 @@ class KeyIndex:
     """Key -> surviving revisions, for one store. Not thread-safe: the applying thread
     writes; reads run on the same thread."""
 
-    __slots__ = ("_bytes", "_bytes_at_begin", "_journal", "_keys", "_revisions", "_revs")
+    __slots__ = (
+        "_bytes", "_bytes_at_begin", "_journal", "_keys", "_latest", "_revisions", "_revs",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._revs: dict[bytes, int | list[int]] = {}
@@ -96,6 +112,7 @@ class KeyIndex:
         self._bytes = 0
         self._bytes_at_begin = 0
         self._journal: list[tuple[bytes, Any]] | None = None
+        self._latest: dict[bytes, tuple[int, int, int]] = {}
 
     @classmethod
     def rebuild(cls, records: Iterable[tuple[bytes, int]]) -> KeyIndex:
@@ -147,6 +164,13 @@ class KeyIndex:
             return v[-1]
         i = bisect_right(v, upper(at) - 1)
         return v[i - 1] if i else None
+
+    def remembered(self, key: bytes, rev: int) -> tuple[int, int] | None:
+        """``(create, version)`` of ``key``'s record at ``rev`` if remembered, else None."""
+        got = self._latest.get(key)
+        if got is None or got[0] != rev:
+            return None
+        return got[1], got[2]
 
     def live(self, key: bytes, range_end: bytes, at: int | None) -> Iterator[tuple[bytes, int]]:
         """``(key, rev)`` of every key live at ``at`` in etcd's range ``[key, range_end)``
@@ -212,6 +236,7 @@ class KeyIndex:
             if size is not None:
                 nbytes += sum(map(size, [v] if type(v) is int else v))  # type: ignore[arg-type]
         del self._keys[i:]
+        self._latest.clear()
         right._keys = SortedList(moved)
         right._revisions = n
         self._revisions -= n
@@ -238,6 +263,7 @@ class KeyIndex:
     def rollback(self) -> None:
         """Undo every change since ``begin``."""
         journal, self._journal = self._journal, None
+        self._latest.clear()  # it may name revisions the engine no longer has
         if journal is not None:
             self._bytes = self._bytes_at_begin
         for key, old in reversed(journal or ()):
@@ -262,6 +288,13 @@ class KeyIndex:
         else:
             old.append(rev)  # type: ignore[union-attr]
         self._revisions += 1
+
+    def remember(self, key: bytes, rev: int, create: int, version: int) -> None:
+        """``key``'s record at ``rev``, just written, has ``create`` and ``version``."""
+        latest = self._latest
+        if len(latest) >= REMEMBERED_KEYS and key not in latest:
+            latest.clear()
+        latest[key] = (rev, create, version)
 
     def shrink(self, size: int) -> None:
         """A record of ``size`` bytes was deleted (its revision compacted)."""
