@@ -2,11 +2,16 @@
 
 Starts a 3-node quorumkv cluster on loopback, fills ``--keys`` keys, then runs one
 load point (``--op`` at ``--concurrency``) from the benchmark's generator process and
-reads every process's CPU time (user + system, from /proc) as the window opens and
-closes. Prints ops/s and, for the leader, each follower and the generator, the CPU
-each used per operation and how busy it was. With ``--spy DIR`` it also samples every
-node and the generator with py-spy over the window (raw collapsed stacks, one file a
-process) for a profile.
+reads every process's CPU time (user + system, from /proc) and every node's timing
+histograms (``/metrics``) as the window opens and closes. Prints ops/s; for the leader,
+each follower and the generator, the CPU each used per operation and how busy it was;
+and for each node, how often and how long it fsynced its WAL, applied and ran a Ready.
+With ``--spy DIR`` it also samples every node and the generator with py-spy over the
+window (raw collapsed stacks, one file a process) for a profile.
+
+It always measures the quorumkv of the tree it sits in (its ``src`` comes first on the
+path, and the nodes run what this process imported): to compare two commits, run each
+tree's own copy of this script.
 
 On a machine with fewer cores than busy processes, the per-operation CPU figures are
 what to compare between two commits; ops/s follows from them.
@@ -104,8 +109,11 @@ def main() -> None:
         before: dict[str, float] = {}
         after: dict[str, float] = {}
         clock: list[float] = []
-        lead_url = cluster.http_urls[lead - 1]
-        scraped: list[dict[str, float]] = []
+        urls = {
+            (f"leader {i}" if i == lead else f"follower {i}"): cluster.http_urls[i - 1]
+            for i in sorted(cluster.nodes)
+        }
+        scraped: list[dict[str, dict[str, float]]] = []
         machine: list[tuple[float, float]] = []
         spies: list[subprocess.Popen[bytes]] = []
 
@@ -117,7 +125,7 @@ def main() -> None:
             every = {**pids, "generator": gen_pid[0]}
             before.update({k: _cpu(p) for k, p in every.items()})
             machine.append(_machine())
-            scraped.append(_scrape(lead_url))
+            scraped.append({name: _scrape(url) for name, url in urls.items()})
             if args.spy:
                 args.spy.mkdir(parents=True, exist_ok=True)
                 for name, pid in every.items():
@@ -134,7 +142,7 @@ def main() -> None:
             every = {**pids, "generator": gen_pid[0]}
             after.update({k: _cpu(p) for k, p in every.items()})
             machine.append(_machine())
-            scraped.append(_scrape(lead_url))
+            scraped.append({name: _scrape(url) for name, url in urls.items()})
 
         spec = LoadSpec(
             "quorumkv", eps, args.op, concurrency=args.concurrency, warmup=args.warmup,
@@ -158,14 +166,17 @@ def main() -> None:
         (b0, t0), (b1, t1) = machine
         cores = os.cpu_count() or 1
         print(f"  machine: {(b1 - b0) / (t1 - t0):.0%} of {cores} cores busy over the window")
-        m0, m1 = scraped
-        for h in _HISTOGRAMS:
-            n = m1[h + "_count"] - m0[h + "_count"]
-            total_s = m1[h + "_sum"] - m0[h + "_sum"]
-            if n:
-                short = h.removeprefix("quorumkv_")
-                share = f"  {total_s / window:5.1%} of the time" if h.endswith("_seconds") else ""
-                print(f"  leader {short:24s} {n / window:7.0f}/s  mean {total_s / n:.4g}{share}")
+        for node in urls:
+            m0, m1 = scraped[0][node], scraped[1][node]
+            for h in _HISTOGRAMS:
+                n = m1[h + "_count"] - m0[h + "_count"]
+                total_s = m1[h + "_sum"] - m0[h + "_sum"]
+                if n:
+                    short = h.removeprefix("quorumkv_")
+                    timed = h.endswith("_seconds")
+                    share = f"  {total_s / window:5.1%} of the time" if timed else ""
+                    rate = f"{n / window:7.0f}/s  mean {total_s / n:.4g}"
+                    print(f"  {node:11s} {short:22s} {rate}{share}")
 
 
 if __name__ == "__main__":
