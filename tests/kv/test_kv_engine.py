@@ -21,6 +21,7 @@ from quorumkv.kv import (
     CompactionResponse,
     DeleteRangeRequest,
     Engine,
+    KeyValue,
     KVError,
     MalformedRequestError,
     MVCCStore,
@@ -33,6 +34,7 @@ from quorumkv.kv import (
     snapshot_index,
     stamp_command,
 )
+from quorumkv.kv import _index as index_module
 from quorumkv.kv._codec import pack, unpack
 
 MAP = 1 << 30
@@ -424,3 +426,25 @@ def test_an_engine_of_an_unknown_format_or_shape_is_refused(tmp_path: Path) -> N
     env.close()
     with pytest.raises(KVError, match="unknown store format 9"):
         Engine(tmp_path / "kv", map_size=MAP)
+
+
+def test_the_ranges_of_an_engine_remember_records_in_one_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "REMEMBERED_KEYS", 3)
+    e, left, right = _two(tmp_path / "kv")
+    a = Alloc()
+    for i in range(3):
+        for rs, key in ((left, b"a"), (left, b"b"), (right, b"x"), (right, b"y")):
+            a.apply(rs, PutRequest(key, b"%d" % i))
+            assert len(e.remembered) <= 3  # the node's bound, not each range's
+    for rs, key in ((left, b"a"), (left, b"b"), (right, b"x"), (right, b"y")):
+        kv = rs.get(key)
+        assert kv is not None and (kv.value, kv.version) == (b"2", 3)
+    # the right half of a split remembers into the same memory
+    created = right.get(b"y").create_revision  # type: ignore[union-attr]
+    at = a.index[right.range_id] = right.applied_index() + 1
+    child = right.split(at, b"y", 9, desc_left=b"R", desc_right=b"R2", child_applied=at)
+    a.apply(child, PutRequest(b"y", b"3"))
+    assert e.remembered[b"y"][1:] == (created, 4)
+    assert child.get(b"y") == KeyValue(b"y", b"3", created, a.rev, 4)

@@ -175,6 +175,8 @@ class Engine:
         """Why a round's commit failed: the engine then refuses every new round."""
         self.orphans = 0
         """Records that no range held when the engine opened (deleted then)."""
+        self.remembered: dict[bytes, tuple[int, int, int]] = {}
+        """What every range's index remembers of its newest records (``KeyIndex``)."""
         try:
             self._open()
         except BaseException:

@@ -166,6 +166,7 @@ class RangeStore:
         self._revision = revision
         self._compacted = compacted
         self._index = index
+        index.share_memory(engine.remembered)
         self._whole = not start and not end
         """The whole keyspace: no bounds to check, and the only range of its engine."""
         self._sessions = _U64.pack(range_id)
@@ -512,6 +513,7 @@ class RangeStore:
                 return 0 if data is None else REV_KEY_BYTES + len(data)
 
             child._index = self._index.split_off(split_key, size)
+            child._index.share_memory(engine.remembered)
         self.end, self.desc, self._applied = split_key, desc_left, index
         self._whole = False
         engine.adopt(child)
