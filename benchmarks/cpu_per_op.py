@@ -7,7 +7,9 @@ histograms (``/metrics``) as the window opens and closes. Prints ops/s; for the 
 each follower and the generator, the CPU each used per operation and how busy it was;
 and for each node, how often and how long it fsynced its WAL, applied and ran a Ready.
 With ``--spy DIR`` it also samples every node and the generator with py-spy over the
-window (raw collapsed stacks, one file a process) for a profile.
+window (raw collapsed stacks, one file a process) for a profile. With ``--sched S`` it
+traces the scheduler for S seconds of the window and says why CPUs sat idle
+(``sched_idle.py``; needs ``perf``).
 
 It always measures the quorumkv of the tree it sits in (its ``src`` comes first on the
 path, and the nodes run what this process imported): to compare two commits, run each
@@ -17,7 +19,7 @@ On a machine with fewer cores than busy processes, the per-operation CPU figures
 what to compare between two commits; ops/s follows from them.
 
     python benchmarks/cpu_per_op.py [--op put] [--concurrency 256] [--duration 8]
-        [--keys 100000] [--spy /tmp/spy]
+        [--keys 100000] [--spy /tmp/spy] [--sched 1]
 
 Not a test: timings depend on the machine.
 """
@@ -34,6 +36,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import sched_idle
 
 from quorumkv.bench._load import Hooks, LoadSpec, run_point
 from quorumkv.local import LocalCluster
@@ -85,6 +89,13 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=100_000)
     ap.add_argument("--fill", type=int, default=None, help="keys loaded first (--keys)")
     ap.add_argument("--spy", type=Path, default=None, help="py-spy output dir")
+    ap.add_argument(
+        "--sched",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="trace the scheduler this long from the window's start (sched_idle.py)",
+    )
     args = ap.parse_args()
 
     with (
@@ -116,6 +127,8 @@ def main() -> None:
         scraped: list[dict[str, dict[str, float]]] = []
         machine: list[tuple[float, float]] = []
         spies: list[subprocess.Popen[bytes]] = []
+        trace = Path(tmp) / "sched.data"
+        tracer: list[subprocess.Popen[bytes]] = []
 
         def start(pid: int) -> None:
             gen_pid.append(pid)
@@ -126,6 +139,8 @@ def main() -> None:
             before.update({k: _cpu(p) for k, p in every.items()})
             machine.append(_machine())
             scraped.append({name: _scrape(url) for name, url in urls.items()})
+            if args.sched:
+                tracer.append(sched_idle.record(trace, min(args.sched, args.duration)))
             if args.spy:
                 args.spy.mkdir(parents=True, exist_ok=True)
                 for name, pid in every.items():
@@ -149,7 +164,7 @@ def main() -> None:
             duration=args.duration, keys=args.keys,
         )  # fmt: skip
         res = run_point(spec, Path(tmp) / "gen.log", Hooks(start, opened, closed))
-        for s in spies:
+        for s in spies + tracer:
             s.wait()
         window = clock[1] - clock[0]
         ops = res.ops
@@ -177,6 +192,8 @@ def main() -> None:
                     share = f"  {total_s / window:5.1%} of the time" if timed else ""
                     rate = f"{n / window:7.0f}/s  mean {total_s / n:.4g}"
                     print(f"  {node:11s} {short:22s} {rate}{share}")
+        if tracer:
+            print(sched_idle.report(trace, {**pids, "generator": gen_pid[0]}))
 
 
 if __name__ == "__main__":
