@@ -448,3 +448,19 @@ def test_the_ranges_of_an_engine_remember_records_in_one_bounded_memory(
     a.apply(child, PutRequest(b"y", b"3"))
     assert e.remembered[b"y"][1:] == (created, 4)
     assert child.get(b"y") == KeyValue(b"y", b"3", created, a.rev, 4)
+
+
+def test_a_restore_in_place_forgets_the_seqs_the_range_remembered(tmp_path: Path) -> None:
+    def put(rs: RangeStore, index: int, seq: int, value: bytes) -> Any:
+        cmd = encode_command(Command(7, seq, PutRequest(b"k", value)))
+        return rs.apply([(index, cmd)])[0]
+
+    src = Engine(tmp_path / "src", map_size=MAP, sync=False).create_range(1, b"", b"")
+    for seq in (1, 2, 3):
+        put(src, seq, seq, b"%d" % seq)
+    dst = Engine(tmp_path / "dst", map_size=MAP, sync=False).create_range(1, b"", b"")
+    put(dst, 1, 1, b"1")  # dst remembers seq 1 for client 7
+    assert dst.engine.restore_range(1, list(src.snapshot())) is dst
+    # the log goes on with a retry of seq 3: answered from the restored session
+    assert put(dst, 4, 3, b"3") == PutResponse(4)
+    assert dst.get(b"k") == KeyValue(b"k", b"3", 2, 4, 3)

@@ -37,6 +37,7 @@ from quorumkv.kv import (
     prefix_end,
 )
 from quorumkv.kv import _index as index_module
+from quorumkv.kv import _range as range_module
 
 
 @pytest.fixture
@@ -373,3 +374,37 @@ def test_an_overwrite_rolled_back_leaves_no_trace_in_later_versions(h: Harness) 
     h.index -= 1  # the aborted entry was never applied: the log gives it again
     h.apply(DeleteRangeRequest(b"k"), PutRequest(b"k", b"c"), PutRequest(b"k", b"d"))
     assert h.store.get(b"k") == kv(b"k", b"d", 5, 6, 2)
+
+
+def test_a_range_remembers_each_clients_last_seq_and_forgets_on_rollback(h: Harness) -> None:
+    for seq in (1, 2, 3):
+        h.store.apply([h.entry(PutRequest(b"k", b"%d" % seq), client=7, seq=seq)])
+    assert h.store.rs._seqs == {7: 3}  # seq 4 on will not read the session back
+
+    def boom(_: list[object]) -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError):
+        h.store.apply([h.entry(PutRequest(b"k", b"lost"), client=7, seq=4)], before_commit=boom)
+    assert h.store.rs._seqs == {}
+    h.index -= 1
+    # the retry of seq 4 reads the session (seq 3) and applies; a copy of it is answered
+    again = [h.entry(PutRequest(b"k", b"4"), client=7, seq=4) for _ in range(2)]
+    assert h.store.apply(again) == [PutResponse(5), PutResponse(5)]
+    assert h.store.get(b"k") == kv(b"k", b"4", 2, 5, 4)
+
+
+def test_sessions_stay_exactly_once_when_the_seq_memory_is_full(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(range_module, "SESSIONS_REMEMBERED", 1)  # two clients: misses
+    for seq in (1, 2):
+        for client in (7, 8):
+            put = h.entry(PutRequest(b"c%d" % client, b"%d" % seq), client=client, seq=seq)
+            retry = (h.index + 1, put[1])
+            h.index += 1
+            first, second = h.store.apply([put, retry])
+            assert first == second  # the retry answered from the session
+    assert h.store.get(b"c7") == kv(b"c7", b"2", 2, 4, 2)
+    assert h.store.get(b"c8") == kv(b"c8", b"2", 3, 5, 2)
+    assert len(h.store.rs._seqs) == 1

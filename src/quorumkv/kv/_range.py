@@ -13,6 +13,11 @@ Each entry's data is a command (``encode_command``): client id, sequence number 
 request, possibly wrapped in a revision stamp (``stamp_command``). The range's sessions
 keep each client's last sequence number and encoded result, in the same transaction; a
 retried command is answered from there and changes nothing (exactly-once, thesis 6.3).
+The range also remembers, in memory, the last sequence number it applied for each
+client seen lately (``_seqs``): a command with a higher one is new, and its session is
+not read back. The memory is never above what the sessions hold (it is set with them,
+starts empty for every opened, restored or split-off range, and is forgotten when a
+batch rolls back), so it can only save a read, never skip a retry's answer.
 Empty data (Raft's no-ops, configuration entries) only moves the applied index; entries
 at or below it are skipped (None), so replaying an older part of the log is harmless.
 
@@ -77,6 +82,8 @@ from quorumkv.kv._types import (
 if TYPE_CHECKING:
     from quorumkv.kv._engine import Engine
 
+SESSIONS_REMEMBERED = 1 << 16
+"""The most clients whose last applied seq a range remembers; over it, it starts over."""
 _U64 = struct.Struct(">Q")
 STAMP_PREFIX = b"\xc1\x01"
 """A stamped command: the prefix, the revision as a u64, then the command. 0xc1 is the
@@ -130,6 +137,7 @@ class RangeStore:
         "_dbs",
         "_index",
         "_revision",
+        "_seqs",
         "_sessions",
         "_whole",
         "desc",
@@ -170,6 +178,10 @@ class RangeStore:
         self._whole = not start and not end
         """The whole keyspace: no bounds to check, and the only range of its engine."""
         self._sessions = _U64.pack(range_id)
+        self._seqs: dict[int, int] = {}
+        """Client id -> the last seq this range applied for it, for the clients seen
+        lately (``SESSIONS_REMEMBERED`` at most): a write with a higher seq needs no read
+        of its session. Forgotten when a batch rolls back."""
         self._dbs = engine.dbs
         self.dropped = False
         """Set by ``Engine.drop_range``: the object refuses every further call."""
@@ -283,9 +295,11 @@ class RangeStore:
                     before_commit(results)
         except lmdb.MapFullError:
             index.rollback()
+            self._seqs.clear()
             raise self._full() from None
         except BaseException:
             index.rollback()
+            self._seqs.clear()
             raise
         index.commit()
         self._applied, self._revision, self._compacted = applied, ex.current, ex.compacted
@@ -310,6 +324,7 @@ class RangeStore:
 
             def undo() -> None:
                 index.rollback()
+                self._seqs.clear()
                 self._applied, self._revision, self._compacted = state
 
             engine.pending[self.range_id] = (index.commit, undo)
@@ -400,8 +415,11 @@ class RangeStore:
             client, seq, request = cmd.client, cmd.seq, cmd.request  # type: ignore[union-attr]
         sessions = self._dbs.sessions
         session = self._sessions + _U64.pack(client)
+        seqs = self._seqs
         if client:
-            last = txn.get(session, db=sessions)
+            known = seqs.get(client)
+            # A seq above the last one applied for this client is new: no read needed.
+            last = txn.get(session, db=sessions) if known is None or seq <= known else None
             if last is not None:
                 last_seq = _U64.unpack_from(last)[0]
                 if seq < last_seq:
@@ -437,6 +455,9 @@ class RangeStore:
             enc = encode_result(result)
         if client:
             txn.put(session, _U64.pack(seq) + enc, db=sessions)
+            if len(seqs) >= SESSIONS_REMEMBERED and client not in seqs:
+                seqs.clear()
+            seqs[client] = seq
         if encoded:
             return enc
         return PutResponse(revision) if request is None else result
