@@ -294,16 +294,20 @@ class RangeStore:
                 if before_commit is not None:
                     before_commit(results)
         except lmdb.MapFullError:
-            index.rollback()
-            self._seqs.clear()
+            self._forget_batch()
             raise self._full() from None
         except BaseException:
-            index.rollback()
-            self._seqs.clear()
+            self._forget_batch()
             raise
         index.commit()
         self._applied, self._revision, self._compacted = applied, ex.current, ex.compacted
         return results
+
+    def _forget_batch(self) -> None:
+        """The batch's transaction aborted: undo its index changes, and forget the
+        seqs remembered, which may name sessions the engine no longer has."""
+        self._index.rollback()
+        self._seqs.clear()
 
     def _apply_in_round(
         self,
@@ -323,8 +327,7 @@ class RangeStore:
             state = (self._applied, self._revision, self._compacted)
 
             def undo() -> None:
-                index.rollback()
-                self._seqs.clear()
+                self._forget_batch()
                 self._applied, self._revision, self._compacted = state
 
             engine.pending[self.range_id] = (index.commit, undo)
