@@ -135,39 +135,35 @@ def test_compactable_names_every_key_compaction_would_touch(
         assert len(revs) > 1 or (revs[0] & 1 and rev_main(revs[0]) <= at)
 
 
-def test_remembered_answers_only_for_the_revision_it_was_told() -> None:
+def test_newest_remembers_only_the_record_add_was_told_of() -> None:
     idx = KeyIndex()
-    r2, r5 = make_rev(2, 0, False), make_rev(5, 0, False)
+    r2, r5, r6 = make_rev(2, 0, False), make_rev(5, 0, False), make_rev(6, 0, True)
+    assert idx.newest(b"a") is None
     idx.add(b"a", r2)
-    assert idx.remembered(b"a", r2) is None  # nothing told yet: read the record
-    idx.remember(b"a", r2, 2, 1)
-    assert idx.remembered(b"a", r2) == (2, 1)
-    idx.add(b"a", r5)
-    assert idx.remembered(b"a", r5) is None  # told of r2 only
-    idx.remember(b"a", r5, 2, 2)
-    assert idx.remembered(b"a", r5) == (2, 2)
-    assert idx.remembered(b"a", r2) is None  # one record a key: the newest told
-    assert idx.remembered(b"b", r5) is None
+    assert idx.newest(b"a") == (r2, 0, 0)  # nothing told: read the record
+    idx.add(b"a", r5, 0, 2, 2)
+    assert idx.newest(b"a") == (r5, 2, 2)
+    idx.add(b"a", r6)  # a tombstone, with nothing to remember
+    assert idx.newest(b"a") == (r6, 0, 0)  # the memory names r5, no longer the newest
+    assert idx.newest(b"b") is None
 
 
-def test_remembered_is_forgotten_by_a_rollback_and_by_a_split() -> None:
+def test_newest_forgets_on_a_rollback_and_on_a_split() -> None:
     idx = KeyIndex()
     r2, r3 = make_rev(2, 0, False), make_rev(3, 0, False)
-    idx.add(b"a", r2)
-    idx.add(b"m", r2 | 2)
-    idx.remember(b"a", r2, 2, 1)
+    idx.add(b"a", r2, 0, 2, 1)
+    idx.add(b"m", r2 | 2, 0, 2, 1)
     idx.begin()
-    idx.add(b"a", r3)
-    idx.remember(b"a", r3, 2, 2)
+    idx.add(b"a", r3, 0, 2, 2)
     idx.rollback()
     # r3 is gone from the engine too: a later batch may write another record at r3
-    assert idx.remembered(b"a", r3) is None
-    assert idx.remembered(b"a", r2) is None  # everything is forgotten, not only r3
-    idx.remember(b"a", r2, 2, 1)
-    idx.remember(b"m", r2 | 2, 2, 1)
+    assert idx.newest(b"a") == (r2, 0, 0)  # everything is forgotten, not only r3
+    idx.begin()
+    idx.add(b"a", r3, 0, 2, 2)
+    idx.commit()
     right = idx.split_off(b"m")
-    assert idx.remembered(b"a", r2) is None
-    assert right.remembered(b"m", r2 | 2) is None
+    assert idx.newest(b"a") == (r3, 0, 0)
+    assert right.newest(b"m") == (r2 | 2, 0, 0)
 
 
 def test_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,13 +171,13 @@ def test_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     idx = KeyIndex()
     revs = [make_rev(m, 0, False) for m in (2, 3, 4)]
     for key, rev in zip((b"a", b"b", b"c"), revs, strict=True):
-        idx.add(key, rev)
-        idx.remember(key, rev, rev_main(rev), 1)
+        idx.add(key, rev, 0, rev_main(rev), 1)
     # the third key found the memory full: it started over with that key alone
-    assert [idx.remembered(k, r) for k, r in zip((b"a", b"b", b"c"), revs, strict=True)] == [
-        None,
-        None,
-        (4, 1),
+    assert [idx.newest(k) for k in (b"a", b"b", b"c")] == [
+        (revs[0], 0, 0),
+        (revs[1], 0, 0),
+        (revs[2], 4, 1),
     ]
-    idx.remember(b"c", revs[2], 4, 1)  # a key already held never empties it
-    assert idx.remembered(b"c", revs[2]) == (4, 1)
+    r5 = make_rev(5, 0, False)
+    idx.add(b"c", r5, 0, 4, 2)  # a key already held never empties it
+    assert idx.newest(b"c") == (r5, 4, 2)

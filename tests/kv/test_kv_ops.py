@@ -344,8 +344,8 @@ def test_overwrites_take_create_and_version_from_the_index_memory(h: Harness) ->
     newest = h.store.get(b"k")
     assert newest == kv(b"k", b"c", 2, 4, 3)
     index = h.store.rs._index
-    newest_rev = index.pick(b"k", None)
-    assert newest_rev is not None and index.remembered(b"k", newest_rev) == (2, 3)
+    remembered = index.newest(b"k")
+    assert remembered is not None and remembered[1:] == (2, 3)
     # after a reopen the memory is empty: the record is read instead, with the same result
     h.reopen()
     h.one(PutRequest(b"k", b"d"))

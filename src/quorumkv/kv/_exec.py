@@ -52,9 +52,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from quorumkv.kv._codec import pack, unpack
+from quorumkv.kv._codec import packer, unpack
 from quorumkv.kv._errors import CompactedError, FutureRevisionError
 from quorumkv.kv._index import (
+    _MAIN_SHIFT,
+    _REV,
     REV_KEY_BYTES,
     KeyIndex,
     make_rev,
@@ -189,6 +191,8 @@ class Executor:
         self.walk_index = walk_index
         self.main = current + 1  # the main revision of the running request's writes
         self._sub = 0  # writes so far in the running request; they share ``main``
+        self._pack = packer()  # this thread's: an executor runs on the applying thread
+        self._rev_db = dbs.rev
 
     # -- entry point -----------------------------------------------------------------
 
@@ -271,20 +275,22 @@ class Executor:
 
     def _write(
         self, key: bytes, value: bytes, create: int, version: int, lease: int, tombstone: bool
-    ) -> int:
-        """Store one record at the running request's next revision; that revision."""
+    ) -> None:
+        """Store one record at the running request's next revision (a live one's
+        ``create`` and ``version`` remembered by the index)."""
         main, sub = self.main, self._sub
-        self._sub += 1
-        rev = make_rev(main, sub, tombstone)
-        doc = pack([key, value, create, main, version, lease, tombstone])
+        self._sub = sub + 1
+        doc = self._pack([key, value, create, main, version, lease, tombstone])
+        # make_rev and rev_key, inline: this runs for every write on every replica
+        rev = (main << _MAIN_SHIFT) | (sub << 1) | tombstone
+        at = _REV.pack(main, sub)
         # Broken invariants, raised even under ``python -O``: the batch rolls back.
         if self.append:
-            if not self.txn.put(rev_key(rev), doc, db=self.dbs.rev, append=True):
+            if not self.txn.put(at, doc, db=self._rev_db, append=True):
                 raise AssertionError(f"revision {(main, sub)} is not above every stored one")
-        elif not self.txn.put(rev_key(rev), doc, db=self.dbs.rev, overwrite=False):
+        elif not self.txn.put(at, doc, db=self._rev_db, overwrite=False):
             raise AssertionError(f"revision {(main, sub)} is stored already: stamped twice")
-        self.index.add(key, rev, REV_KEY_BYTES + len(doc))
-        return rev
+        self.index.add(key, rev, REV_KEY_BYTES + len(doc), 0 if tombstone else create, version)
 
     def put(self, key: bytes, value: bytes, lease: int, stamp: int = 0) -> int:
         """``run(PutRequest(key, value, lease), stamp)`` for a checked plain put (no
@@ -310,22 +316,18 @@ class Executor:
         replaces, if live; else None. The hot path of the state machine: an overwrite
         takes the old record's create revision and version from the index's memory
         when it has them, and reads the old record only when it must."""
-        index = self.index
-        rev = index.pick(key, None)
-        if rev is None or rev & 1:
-            main = self.main
-            index.remember(key, self._write(key, value, main, 1, lease, False), main, 1)
+        newest = self.index.newest(key)
+        if newest is None or newest[0] & 1:  # no record, or a tombstone: a new key
+            self._write(key, value, self.main, 1, lease, False)
             return None
-        known = None if want_prev else index.remembered(key, rev)
+        rev, create, version = newest
         prev: list[Any] | None = None
-        if known is None:
-            data = self.txn.get(rev_key(rev), db=self.dbs.rev)
+        if want_prev or not create:
+            data = self.txn.get(rev_key(rev), db=self._rev_db)
             assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
             prev = unpack(data)
-            create, version = prev[2], prev[4] + 1
-        else:
-            create, version = known[0], known[1] + 1
-        index.remember(key, self._write(key, value, create, version, lease, False), create, version)
+            create, version = prev[2], prev[4]
+        self._write(key, value, create, version + 1, lease, False)
         return prev
 
     def _delete(self, op: DeleteRangeRequest) -> DeleteRangeResponse:

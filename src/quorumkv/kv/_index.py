@@ -25,7 +25,7 @@ Changes made while applying a batch are journaled (``begin`` ... ``commit`` or
 the engine is.
 
 It also remembers, for the keys written last, the create revision and version of the
-record at their newest revision (``remember``, ``remembered``), as etcd's ``keyIndex``
+record at their newest revision (told to ``add``, answered by ``newest``), as etcd's ``keyIndex``
 keeps them in memory: an overwrite needs both, and reading the old record back from
 the engine for them cost about 8% of the instructions of applying a put. The memory
 is a cache, checked against the revision asked for: a record is named for good by its
@@ -172,12 +172,18 @@ class KeyIndex:
         """Remember into ``memory``, the one of every index of the same engine."""
         self._latest = memory
 
-    def remembered(self, key: bytes, rev: int) -> tuple[int, int] | None:
-        """``(create, version)`` of ``key``'s record at ``rev`` if remembered, else None."""
-        got = self._latest.get(key)
-        if got is None or got[0] != rev:
+    def newest(self, key: bytes) -> tuple[int, int, int] | None:
+        """``(rev, create, version)`` for ``key``'s newest revision, tombstones included:
+        ``create`` and ``version`` of its record if remembered, else 0 and 0 (read the
+        record). None if the key has no revision. The hot path of an overwrite."""
+        v = self._revs.get(key)
+        if v is None:
             return None
-        return got[1], got[2]
+        rev = v if type(v) is int else v[-1]  # type: ignore[index]
+        got = self._latest.get(key)
+        if got is not None and got[0] == rev:
+            return got
+        return rev, 0, 0
 
     def live(self, key: bytes, range_end: bytes, at: int | None) -> Iterator[tuple[bytes, int]]:
         """``(key, rev)`` of every key live at ``at`` in etcd's range ``[key, range_end)``
@@ -279,9 +285,10 @@ class KeyIndex:
             else:
                 self._set(key, old)
 
-    def add(self, key: bytes, rev: int, size: int = 0) -> None:
+    def add(self, key: bytes, rev: int, size: int = 0, create: int = 0, version: int = 0) -> None:
         """Record ``rev``, above every revision ``key`` has; its record takes ``size``
-        bytes."""
+        bytes. With ``create`` (a live record's), remember that record's ``create`` and
+        ``version`` for ``newest``."""
         self._bytes += size
         revs = self._revs
         old = revs.get(key)
@@ -295,13 +302,11 @@ class KeyIndex:
         else:
             old.append(rev)  # type: ignore[union-attr]
         self._revisions += 1
-
-    def remember(self, key: bytes, rev: int, create: int, version: int) -> None:
-        """``key``'s record at ``rev``, just written, has ``create`` and ``version``."""
-        latest = self._latest
-        if len(latest) >= REMEMBERED_KEYS and key not in latest:
-            latest.clear()
-        latest[key] = (rev, create, version)
+        if create:
+            latest = self._latest
+            if len(latest) >= REMEMBERED_KEYS and key not in latest:
+                latest.clear()
+            latest[key] = (rev, create, version)
 
     def shrink(self, size: int) -> None:
         """A record of ``size`` bytes was deleted (its revision compacted)."""
