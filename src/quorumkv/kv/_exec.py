@@ -193,6 +193,9 @@ class Executor:
         self._sub = 0  # writes so far in the running request; they share ``main``
         self._pack = packer()  # this thread's: an executor runs on the applying thread
         self._rev_db = dbs.rev
+        # Records are written through a cursor with positional flags: a transaction's
+        # put parses its keywords on every call, which cost 2,000 instructions a write.
+        self._rev_put = txn.cursor(db=dbs.rev).put
 
     # -- entry point -----------------------------------------------------------------
 
@@ -285,10 +288,10 @@ class Executor:
         rev = (main << _MAIN_SHIFT) | (sub << 1) | tombstone
         at = _REV.pack(main, sub)
         # Broken invariants, raised even under ``python -O``: the batch rolls back.
-        if self.append:
-            if not self.txn.put(at, doc, db=self._rev_db, append=True):
+        if self.append:  # put's flags: dupdata, overwrite, append
+            if not self._rev_put(at, doc, False, True, True):
                 raise AssertionError(f"revision {(main, sub)} is not above every stored one")
-        elif not self.txn.put(at, doc, db=self._rev_db, overwrite=False):
+        elif not self._rev_put(at, doc, False, False):
             raise AssertionError(f"revision {(main, sub)} is stored already: stamped twice")
         self.index.add(key, rev, REV_KEY_BYTES + len(doc), 0 if tombstone else create, version)
 

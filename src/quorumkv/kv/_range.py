@@ -357,12 +357,13 @@ class RangeStore:
             txn, dbs, self._index, self._revision, self._compacted,
             append=not self.stamped, walk_index=not self._whole,
         )  # fmt: skip
+        sessions = txn.cursor(db=dbs.sessions)  # a cursor's put parses no keywords
         for i, data in entries:
             if i <= applied:
                 results.append(None)
                 continue
             applied = i
-            results.append(self._apply_one(txn, ex, data, encoded) if data else None)
+            results.append(self._apply_one(sessions, ex, data, encoded) if data else None)
         meta = dbs.meta
         txn.put(self._key(b"applied"), _U64.pack(applied), db=meta)
         txn.put(self._key(b"revision"), _U64.pack(ex.current), db=meta)
@@ -398,7 +399,8 @@ class RangeStore:
             )
         return 0, data, MalformedRequestError(why)
 
-    def _apply_one(self, txn: Any, ex: Executor, data: bytes, encoded: bool) -> Any:
+    def _apply_one(self, sessions: Any, ex: Executor, data: bytes, encoded: bool) -> Any:
+        """Apply one entry's command with ``ex``; ``sessions``: a cursor on the sessions."""
         # The hot path of an unstamped store: one byte and one flag checked, and
         # nothing of stamps or bounds beyond two falsy tests; a plain put is never
         # made a request or a response object (``decode_entry``, ``Executor.put``).
@@ -416,13 +418,12 @@ class RangeStore:
             request: Request | None = None
         else:
             client, seq, request = cmd.client, cmd.seq, cmd.request  # type: ignore[union-attr]
-        sessions = self._dbs.sessions
         session = self._sessions + _U64.pack(client)
         seqs = self._seqs
         if client:
             known = seqs.get(client)
             # A seq above the last one applied for this client is new: no read needed.
-            last = txn.get(session, db=sessions) if known is None or seq <= known else None
+            last = sessions.get(session) if known is None or seq <= known else None
             if last is not None:
                 last_seq = _U64.unpack_from(last)[0]
                 if seq < last_seq:
@@ -457,7 +458,7 @@ class RangeStore:
                 return result
             enc = encode_result(result)
         if client:
-            txn.put(session, _U64.pack(seq) + enc, db=sessions)
+            sessions.put(session, _U64.pack(seq) + enc)
             if len(seqs) >= SESSIONS_REMEMBERED and client not in seqs:
                 seqs.clear()
             seqs[client] = seq
