@@ -1,11 +1,11 @@
-"""quorumkv's wire protocol, version 1: handshakes, client requests and their answers.
+"""quorumkv's wire protocol, version 2: handshakes, client requests and their answers.
 
 Theory of operation
 -------------------
 One TCP address per node serves both peers and clients. Every connection starts with a
 HELLO frame from the side that dialled::
 
-    {"magic": "quorumkv", "version": 1, "kind": "client" | "peer" | "snap",
+    {"magic": "quorumkv", "version": 2, "kind": "client" | "peer" | "snap",
      "cluster": <cluster id, peers only>, "from": <node id, peers only>,
      "addr": <the dialler's own listen address, peers only>}
 
@@ -90,7 +90,13 @@ from __future__ import annotations
 from typing import Any
 
 MAGIC = "quorumkv"
-VERSION = 1
+VERSION = 2
+"""Version 2 writes a plain put in its own layout (``quorumkv.kv._codec.PLAIN_PUT``),
+which a node of version 1 would refuse when it applies the entry while the others apply
+it: peers must speak the same version, or replicas would diverge. A client's commands
+are read by every version that speaks its own, so a node still takes version 1 clients
+(``CLIENT_VERSIONS``)."""
+CLIENT_VERSIONS = (1, 2)
 
 KIND_CLIENT, KIND_PEER, KIND_SNAP = "client", "peer", "snap"
 
@@ -156,10 +162,11 @@ def check_hello(doc: object, cluster: int) -> tuple[str, str]:
     this node does not know its cluster yet (it is joining) and accepts any."""
     if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
         return "", "not a quorumkv handshake"
-    version = doc.get("version")
-    if version != VERSION:
+    version, kind = doc.get("version"), doc.get("kind")
+    if kind == KIND_CLIENT and version in CLIENT_VERSIONS and type(version) is int:
+        return kind, ""
+    if version != VERSION or type(version) is not int:
         return "", f"protocol version {version!r} is not supported; this node speaks {VERSION}"
-    kind = doc.get("kind")
     if kind == KIND_CLIENT:
         return kind, ""
     if kind not in (KIND_PEER, KIND_SNAP):
