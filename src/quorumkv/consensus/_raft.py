@@ -237,7 +237,7 @@ class Raft:
         # new changes until everything up to here is applied.
         self.pending_conf_index = self.log.last_index()
         # An empty entry of our term lets us commit, and learn the commit index (3.6.2).
-        self._append([Entry(self.term, Index(0))])
+        self._append(EntryType.NORMAL, (b"",))
 
     def promotable(self) -> bool:
         pr = self.trk.progress.get(self.id)
@@ -671,12 +671,10 @@ class Raft:
         self.lease_broken = True  # its election may ignore our followers' stickiness
         self._send(Message(MessageType.TIMEOUT_NOW, self.group, self.id, to, term=self.term))
 
-    def _append(self, entries: list[Entry]) -> None:
-        last = self.log.last_index()
-        ents = [
-            Entry(self.term, Index(last + 1 + n), e.type, e.data) for n, e in enumerate(entries)
-        ]
-        self.log.append(ents)
+    def _append(self, etype: EntryType, datas: Iterable[bytes]) -> None:
+        """Append an entry of ``etype`` in this term for each of ``datas``."""
+        term, first = self.term, self.log.last_index() + 1
+        self.log.append([Entry(term, Index(first + n), etype, d) for n, d in enumerate(datas)])
         self.trk.progress[self.id].next = Index(self.log.last_index() + 1)
 
     # -- local requests --------------------------------------------------------------
@@ -690,7 +688,7 @@ class Raft:
             raise self._not_leader("proposal dropped")
         if self.lead_transferee != NONE:
             raise ProposalDropped("proposal dropped: leadership transfer in progress")
-        self._append([Entry(self.term, Index(0), EntryType.NORMAL, d) for d in datas])
+        self._append(EntryType.NORMAL, datas)
         self._bcast_append()
         return self.log.last_index()
 
@@ -703,7 +701,7 @@ class Raft:
             raise ProposalDropped(
                 f"conf change dropped: the change at {self.pending_conf_index} is not applied yet"
             )
-        self._append([Entry(self.term, Index(0), EntryType.CONF_CHANGE, data)])
+        self._append(EntryType.CONF_CHANGE, (data,))
         self.pending_conf_index = self.log.last_index()
         self._bcast_append()
         return self.log.last_index()
