@@ -50,7 +50,7 @@ from ._confchange import (
 )
 from ._describe import describe_entries, describe_entry, describe_message, describe_ready
 from ._raft import CAMPAIGN_TRANSFER, Config, Rand, ReadOnlyOption
-from ._rawnode import RaftState, RawNode, Status, bootstrap_state
+from ._rawnode import EARLY_RETRIES, RaftState, RawNode, Status, bootstrap_state
 from ._types import (
     NONE,
     Change,
@@ -76,6 +76,7 @@ from ._types import (
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
+    "EARLY_RETRIES",
     "NONE",
     "Change",
     "ChangeType",

@@ -46,6 +46,15 @@ from ._types import (
     Term,
 )
 
+EARLY_RETRIES = 3
+"""A driver's policy for a follower whose leader's node is gone (its connection closed):
+``forget_leader``, ``campaign`` after a random 0-2 ticks, and while no leader is known
+campaign again 2-4 ticks later, at most this many more times. Two followers that
+campaign within a vote's round trip of each other split the vote; without a retry a
+whole election timeout (10-20 ticks) would pass before the next try. Random delays make
+a second split unlikely; after the last retry the election timeout takes over. The
+server (``Replica._early_campaign``) and the simulator follow it."""
+
 
 @dataclass(frozen=True, slots=True)
 class RaftState:

@@ -92,6 +92,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from quorumkv.consensus import (
+    EARLY_RETRIES,
     NONE,
     Change,
     ChangeType,
@@ -429,16 +430,22 @@ class Replica:
             self.wake()
         if raw.forget_leader():
             delay = random.uniform(0, 2 * self.store.cfg.tick_ms / 1000)
-            self.store.loop.call_later(delay, self._early_campaign)
+            self.store.loop.call_later(delay, self._early_campaign, EARLY_RETRIES)
             self.store.schedule(self)
 
-    def _early_campaign(self) -> None:
+    def _early_campaign(self, retries: int) -> None:
+        """Campaign now that the leader is gone, while no leader is known; then, up to
+        ``retries`` times, again 2-4 ticks later if still none is."""
         raw = self.raw
         if self.store.stopping or self.store.fatal is not None:
             return
-        if raw.raft.lead == NONE and raw.raft.role is Role.FOLLOWER:
+        if raw.raft.lead == NONE and raw.raft.role is not Role.LEADER:
             raw.campaign()
             self.store.schedule(self)
+            if retries:
+                tick = self.store.cfg.tick_ms / 1000
+                again = random.uniform(2 * tick, 4 * tick)
+                self.store.loop.call_later(again, self._early_campaign, retries - 1)
 
     # -- client requests -----------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quorumkv.consensus import (
+    EARLY_RETRIES,
     NONE,
     Change,
     ChangeType,
@@ -257,18 +258,23 @@ class Cluster(SimBase):
         if node.raw.raft.lead == dead and node.raw.forget_leader():
             self.log(f"n{nid} forgets its dead leader n{dead}")
             delay = self.rng.randint(0, 2 * self.cfg.tick_us)
-            self.at(delay, self._early_campaign, nid, incarnation)
+            self.at(delay, self._early_campaign, nid, incarnation, EARLY_RETRIES)
             self._after_input(node, node)
 
-    def _early_campaign(self, nid: int, incarnation: int) -> None:
+    def _early_campaign(self, nid: int, incarnation: int, retries: int) -> None:
+        """The server's ``Replica._early_campaign``: campaign while no leader is known,
+        again 2-4 ticks later up to ``retries`` times."""
         node = self.nodes[nid]
         if not self._live(node, incarnation):
             return
-        if self._defer_if_paused(node, self._early_campaign, nid, incarnation):
+        if self._defer_if_paused(node, self._early_campaign, nid, incarnation, retries):
             return
-        if node.raw.raft.lead == NONE and node.raw.raft.role is Role.FOLLOWER:
+        if node.raw.raft.lead == NONE and node.raw.raft.role is not Role.LEADER:
             node.raw.campaign()
             self._after_input(node, node)
+            if retries:
+                again = self.rng.randint(2 * self.cfg.tick_us, 4 * self.cfg.tick_us)
+                self.at(again, self._early_campaign, nid, incarnation, retries - 1)
 
     def _restart(self, nid: int) -> None:
         old = self.nodes[nid]
