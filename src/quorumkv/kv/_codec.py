@@ -91,6 +91,7 @@ PLAIN_PUT = 0x02
 unsigned 64-bit ints, the key's length as a 16-bit one, the key, and the value up to the
 end of the command."""
 _PLAIN_PUT = struct.Struct(">BQQQH")
+_PLAIN_TAG = bytes([PLAIN_PUT])
 _PLAIN_HEAD = _PLAIN_PUT.size
 # The largest plain put (511-byte key, 1 MiB value) is far below the request size limit,
 # and its key's length fits the 16 bits the layout gives it.
@@ -265,7 +266,7 @@ def encode_put(
         and 0 <= seq <= _MAX_UINT64
     ):
         return encode_request(client, seq, PutRequest(key, value, lease, prev_kv))
-    return _PLAIN_PUT.pack(PLAIN_PUT, client, seq, lease, len(key)) + key + value
+    return _plain_put(client, seq, key, value, lease)
 
 
 def _plain_put(client: int, seq: int, key: bytes, value: bytes, lease: int) -> bytes:
@@ -314,7 +315,7 @@ def decode_entry(data: bytes) -> Command | PlainPut:
     case costs one msgpack decode and one check."""
     if len(data) > LIMITS.max_request_bytes:
         raise KVLimitError("request size", LIMITS.max_request_bytes, len(data))
-    if data[:1] == b"\x02":  # PLAIN_PUT
+    if data[:1] == _PLAIN_TAG:
         return _decode_plain_put(data)
     try:
         fmt, client, seq, doc = msgpack.unpackb(data)  # as ``unpack``

@@ -192,7 +192,6 @@ class Executor:
         self.main = current + 1  # the main revision of the running request's writes
         self._sub = 0  # writes so far in the running request; they share ``main``
         self._pack = packer()  # this thread's: an executor runs on the applying thread
-        self._rev_db = dbs.rev
         # Records are written through a cursor with positional flags: a transaction's
         # put parses its keywords on every call, which cost 2,000 instructions a write.
         self._rev_put = txn.cursor(db=dbs.rev).put
@@ -326,7 +325,7 @@ class Executor:
         rev, create, version = newest
         prev: list[Any] | None = None
         if want_prev or not create:
-            data = self.txn.get(rev_key(rev), db=self._rev_db)
+            data = self.txn.get(rev_key(rev), db=self.dbs.rev)
             assert data is not None, f"the index points at a missing revision {rev_key(rev).hex()}"
             prev = unpack(data)
             create, version = prev[2], prev[4]

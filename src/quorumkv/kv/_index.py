@@ -25,9 +25,9 @@ Changes made while applying a batch are journaled (``begin`` ... ``commit`` or
 the engine is.
 
 It also remembers, for the keys written last, the create revision and version of the
-record at their newest revision (told to ``add``, answered by ``newest``), as etcd's ``keyIndex``
-keeps them in memory: an overwrite needs both, and reading the old record back from
-the engine for them cost about 8% of the instructions of applying a put. The memory
+record at their newest revision (told to ``add``, answered by ``newest``), as etcd's
+``keyIndex`` keeps them in memory: an overwrite needs both, and reading the old record
+back from the engine for them cost about 8% of the instructions of applying a put. The memory
 is a cache, checked against the revision asked for: a record is named for good by its
 key and revision (a store's revisions only grow, and a sharded cluster's are stamped
 once for all its ranges), except after a rollback, which forgets everything, as a
